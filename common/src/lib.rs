@@ -1,0 +1,23 @@
+//! Domain types and pure logic shared by `deploy-registry`, `deploy-agent` and `deployctl`.
+//!
+//! Nothing here does I/O. Each module is one definition of one thing:
+//!
+//! - [`digest`]: sha256 content addresses (`Digest`) and hashing helpers.
+//! - [`timefmt`]: the Go time layouts the original used (RFC3339 seconds, RFC3339Nano trimmed).
+//! - [`gojson`]: JSON bytes exactly as Go's `encoding/json` writes them.
+//! - [`config`]: `Configuration` / `ComponentVersion`, their JSON, and the configuration hash.
+//! - [`goflag`]: the Go `flag` package's parsing and usage texts, for every command line we accept.
+//! - [`shellwords`]: console line splitting (go-shellwords v1.0.10) and safe re-quoting.
+//! - [`gostr`]: Go's `%q` quoting.
+//! - [`tabwriter`]: Go's `text/tabwriter` as the console configures it.
+//! - [`console`]: the console grammar: commands, flags, validation texts, help, output rendering.
+
+pub mod config;
+pub mod console;
+pub mod digest;
+pub mod goflag;
+pub mod gojson;
+pub mod gostr;
+pub mod shellwords;
+pub mod tabwriter;
+pub mod timefmt;
