@@ -11,14 +11,42 @@
 //!
 //! All methods are synchronous (SQLite); the async server calls them from `spawn_blocking`.
 //! Error texts are deploy-tools' (spec 1.8), word for word.
+//!
+//! Every command runs under one connection mutex and, when it writes, in one `BEGIN IMMEDIATE`
+//! transaction. `addver` and the blob GC hold that mutex across their file-system steps too, so
+//! a GC can never delete a blob between `addver`'s rename and its commit (spec B3), and two
+//! `addver`s of one hash are simply serialised. Long reads of blob content (upload hashing,
+//! `fsck`) happen outside the mutex.
+//!
+//! Layout: `schema` (tables, pragmas), `uploads` (durable uploads and their expiry), `catalog`
+//! (console commands and the service view), `housekeeping` (pruning, GC), `fsck`, `migrate` +
+//! `bolt` (one-off import of a deploy-tools `state.db`).
 
+mod bolt;
+mod catalog;
+mod fsck;
+mod housekeeping;
+mod migrate;
+mod schema;
+mod uploads;
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use common::config::Configuration;
 use common::console::render::{AuditRow, HistoryRow};
 use common::digest::Digest;
 use common::timefmt::OffsetDateTime;
+use rusqlite::Connection;
+
+#[cfg(test)]
+mod tests;
 
 /// Who runs a command, for the audit log and history.
 #[derive(Debug, Clone, Default)]
@@ -85,6 +113,9 @@ pub enum StoreError {
     /// Upload refused by a limit (size, count).
     #[error("{0}")]
     Limit(String),
+    /// `open`: another process holds the directory lock.
+    #[error("another deploy-registry is using {0}")]
+    Locked(String),
     /// Anything else. The message shown to clients is generic; details go to the log only,
     /// so server paths never leak (spec A11).
     #[error("internal error")]
@@ -114,182 +145,159 @@ pub struct ImportReport {
 /// Handle to the store; cheap to clone, shareable across threads.
 #[derive(Clone)]
 pub struct Store {
-    _private: (),
+    inner: Arc<Inner>,
 }
 
-/// An upload in progress (one SFTP write-open). The SFTP layer calls `finish` on CLOSE and, as
-/// the original does, for handles still open when the session ends. Dropped without `finish`,
-/// the file stays in `uploads/` unregistered and expiry removes it.
-pub struct Upload {
-    _private: (),
+struct Inner {
+    dir: PathBuf,
+    files: PathBuf,
+    uploads: PathBuf,
+    options: Options,
+    conn: Mutex<Connection>,
+    /// Uploads begun and not yet finished or dropped; they count against `max_pending_uploads`
+    /// together with the finished ones waiting for `addver`.
+    open_uploads: AtomicUsize,
+    /// Holds the `flock` on `registry.lock` for the store's life.
+    _lock: File,
 }
 
-impl Upload {
-    /// Writes `data` at `offset`. Sequential writes are hashed as they arrive; out-of-order
-    /// writes make `finish` re-read the file. Fails with `StoreError::Limit` past the size limit.
-    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        let _ = (offset, data);
-        todo!()
-    }
+pub use uploads::Upload;
 
-    /// Hashes (if not done while writing), fsyncs and registers the upload so that `addver
-    /// -hash` finds it, even after a restart, until it expires. Returns its digest and size.
-    pub fn finish(self) -> Result<(Digest, u64)> {
-        todo!()
-    }
-}
+const DB_FILE: &str = "registry.sqlite3";
+const LOCK_FILE: &str = "registry.lock";
+const BOLT_FILE: &str = "state.db";
 
 impl Store {
     /// Opens (creating `dir` and its layout when missing) and takes the directory lock so that
     /// a second registry cannot run on the same `dir`. If `dir` holds a deploy-tools
     /// `state.db` and no `registry.sqlite3` yet, imports it first (same hashes, same blobs).
     pub fn open(dir: &Path, options: Options) -> Result<Store> {
-        let _ = (dir, options);
-        todo!()
+        make_dir(dir)?;
+        let lock = take_lock(dir)?;
+        let files = dir.join("files");
+        let uploads = dir.join("uploads");
+        make_dir(&files)?;
+        make_dir(&uploads)?;
+        let db_path = dir.join(DB_FILE);
+        let bolt_path = dir.join(BOLT_FILE);
+        let import = !db_path.exists() && bolt_path.exists();
+        // The import writes into a temporary database that is renamed into place only when
+        // complete: a crash half-way leaves no registry.sqlite3, so the next start imports again.
+        let conn = if import {
+            migrate::import_into_new_db(&bolt_path, &files, &db_path)?
+        } else {
+            schema::open_db(&db_path)?
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                files,
+                uploads,
+                options,
+                conn: Mutex::new(conn),
+                open_uploads: AtomicUsize::new(0),
+                _lock: lock,
+            }),
+        })
     }
 
     pub fn dir(&self) -> &Path {
-        todo!()
-    }
-
-    // --- uploads ---------------------------------------------------------------------------
-
-    pub fn begin_upload(&self) -> Result<Upload> {
-        todo!()
-    }
-
-    // --- console commands --------------------------------------------------------------------
-
-    /// `addver`. The hash may name a pending upload or content already stored in `files/`.
-    pub fn add_version(&self, component: &str, version: &str, hash: &str, actor: &Actor) -> Result<()> {
-        let _ = (component, version, hash, actor);
-        todo!()
-    }
-
-    /// `addconf`: creates or silently replaces (as the original). Records a history entry.
-    pub fn add_conf(&self, name: &str, layers: &[(String, String)], actor: &Actor) -> Result<()> {
-        let _ = (name, layers, actor);
-        todo!()
-    }
-
-    /// `changeconf`. Records a history entry.
-    pub fn change_conf(&self, name: &str, component: &str, version: &str, actor: &Actor) -> Result<()> {
-        let _ = (name, component, version, actor);
-        todo!()
-    }
-
-    /// `bumpconf`: sets the layer to the component's newest version (by ctime, then by insertion
-    /// order). Returns the previous version when it changed. Records a history entry.
-    pub fn bump_conf(&self, name: &str, component: &str, actor: &Actor) -> Result<Option<String>> {
-        let _ = (name, component, actor);
-        todo!()
-    }
-
-    pub fn show_conf(&self, name: &str) -> Result<Configuration> {
-        let _ = name;
-        todo!()
-    }
-
-    /// Versions of a component, oldest first. Unknown component: empty.
-    pub fn show_comp(&self, component: &str) -> Result<Vec<(OffsetDateTime, String)>> {
-        let _ = component;
-        todo!()
-    }
-
-    /// Component names, sorted bytewise.
-    pub fn components(&self) -> Result<Vec<String>> {
-        todo!()
-    }
-
-    /// Configuration names, sorted bytewise.
-    pub fn configurations(&self) -> Result<Vec<String>> {
-        todo!()
-    }
-
-    pub fn del_ver(&self, component: &str, version: &str, actor: &Actor) -> Result<()> {
-        let _ = (component, version, actor);
-        todo!()
-    }
-
-    pub fn del_comp(&self, component: &str, actor: &Actor) -> Result<()> {
-        let _ = (component, actor);
-        todo!()
-    }
-
-    /// Deletes the configuration and its history (as the original). `force` is checked by the
-    /// console, not here.
-    pub fn del_conf(&self, name: &str, actor: &Actor) -> Result<()> {
-        let _ = (name, actor);
-        todo!()
-    }
-
-    /// Every saved state, newest first.
-    pub fn history(&self, name: &str) -> Result<Vec<HistoryRow>> {
-        let _ = name;
-        todo!()
-    }
-
-    /// Restores history entry `to` (default: the newest entry whose hash differs from the
-    /// current one). Fails if a version it names no longer exists. Records a history entry.
-    /// Returns the restored configuration.
-    pub fn rollback(&self, name: &str, to: Option<u64>, actor: &Actor) -> Result<Configuration> {
-        let _ = (name, to, actor);
-        todo!()
-    }
-
-    /// Appends an audit record.
-    pub fn record_audit(&self, row: &AuditRow) -> Result<()> {
-        let _ = row;
-        todo!()
-    }
-
-    /// The newest `limit` audit records, oldest first.
-    pub fn audit(&self, limit: usize) -> Result<Vec<AuditRow>> {
-        let _ = limit;
-        todo!()
-    }
-
-    // --- service view --------------------------------------------------------------------------
-
-    /// The exact bytes of `configs/<name>.json`, if the configuration exists.
-    pub fn config_json(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let _ = name;
-        todo!()
+        &self.inner.dir
     }
 
     /// `<dir>/files`.
     pub fn blobs_dir(&self) -> PathBuf {
-        todo!()
+        self.inner.files.clone()
     }
 
-    /// Path of a stored blob, if the store knows it (referenced or not) and it is on disk.
-    pub fn blob_path(&self, digest: &Digest) -> Option<PathBuf> {
-        let _ = digest;
-        todo!()
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock rolled its transaction back when the Transaction was
+        // dropped during unwinding, so the connection itself is still usable.
+        self.inner
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
 
-    // --- housekeeping --------------------------------------------------------------------------
-
-    /// Deletes uploads older than the TTL that no addver used. Returns how many.
-    pub fn expire_uploads(&self) -> Result<usize> {
-        todo!()
+/// Creates `dir` with mode 0700 if it is missing (an existing directory is left as it is).
+fn make_dir(dir: &Path) -> Result<()> {
+    match DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(internal(
+            anyhow::Error::new(e).context(format!("creating directory {}", dir.display())),
+        )),
     }
+}
 
-    /// Keeps at most `keep` versions per component, never removing a version that a current
-    /// configuration or any history entry names. Returns how many were removed.
-    pub fn prune_versions(&self, keep: usize) -> Result<usize> {
-        let _ = keep;
-        todo!()
+fn take_lock(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))
+        .map_err(internal)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            // Not Internal: the operator must see why the registry does not start.
+            Err(StoreError::Locked(dir.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(internal(
+            anyhow::Error::new(e).context(format!("locking {}", path.display())),
+        )),
     }
+}
 
-    /// Removes blobs no version references, and files in `files/` the DB does not know.
-    /// Returns how many.
-    pub fn gc_blobs(&self) -> Result<usize> {
-        todo!()
-    }
+/// Logs the full error (with paths) and wraps it; clients only ever see "internal error".
+fn internal(err: anyhow::Error) -> StoreError {
+    tracing::error!("store: {err:#}");
+    StoreError::Internal(err)
+}
 
-    /// Re-hashes every blob and checks every reference.
-    pub fn fsck(&self) -> Result<FsckReport> {
-        todo!()
+/// `.ctx("what")` on any fallible call: an `Internal` error whose log line says what failed.
+trait Ctx<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, E> Ctx<T> for std::result::Result<T, E>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| internal(anyhow::Error::new(e).context(what())))
     }
+}
+
+/// fsyncs a directory, making renames and creations in it durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx(|| format!("fsync of directory {}", dir.display()))
+}
+
+/// True for the form of a blob name: 64 lowercase hex characters. Only such names are ever
+/// joined onto `files/`, so a hash from a client can never become a path elsewhere.
+fn is_blob_name(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Times are stored as (Unix seconds, nanoseconds) so that any time, even Go's zero time from
+/// an imported state.db, fits, and ordering keeps full precision.
+fn split_time(t: OffsetDateTime) -> (i64, i64) {
+    (t.unix_timestamp(), i64::from(t.nanosecond()))
+}
+
+fn join_time(secs: i64, nanos: i64) -> Result<OffsetDateTime> {
+    let base = OffsetDateTime::from_unix_timestamp(secs)
+        .ctx(|| format!("stored time {secs} out of range"))?;
+    Ok(base + time::Duration::nanoseconds(nanos))
+}
+
+fn unix_nanos(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
 }
