@@ -1,0 +1,8 @@
+//! deploy-agent: tracks one configuration on a deploy-registry, fetches its layers into a
+//! content-addressed cache, unpacks them safely, runs the deploy script and records the state.
+//!
+//! # Layout
+//!
+//! - [`unpack`]: layers → `unpacked/<id>` (safe extraction, staging, durability).
+
+pub mod unpack;

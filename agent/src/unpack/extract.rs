@@ -1,0 +1,501 @@
+//! Applying one tar stream to the staging tree. Every name is resolved beneath the root one
+//! component at a time with `O_NOFOLLOW|O_DIRECTORY`, so no symlink (from this layer, an earlier
+//! one, or an earlier entry) is ever followed while writing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+use tar::EntryType;
+
+use super::decode::{Budgeted, limit_message};
+use super::path::{display_name, enclosed_components};
+use super::{Policy, remove_tree};
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+const TEMP_PREFIX: &str = ".deploy-agent-tmp-";
+
+/// Why one entry failed.
+#[derive(Debug)]
+pub(crate) enum EntryError {
+    /// The archive asked for something we refuse.
+    Rejected(String),
+    /// A limit was exceeded.
+    Limit(String),
+    Io(io::Error),
+}
+
+impl From<io::Error> for EntryError {
+    fn from(e: io::Error) -> Self {
+        match limit_message(&e) {
+            Some(m) => EntryError::Limit(m),
+            None => EntryError::Io(e),
+        }
+    }
+}
+impl From<Errno> for EntryError {
+    fn from(e: Errno) -> Self {
+        EntryError::Io(e.into())
+    }
+}
+
+type Comps = Vec<OsString>;
+
+/// The staging tree being built, across layers.
+pub(crate) struct Tree {
+    root: OwnedFd,
+    root_path: PathBuf,
+    policy: Policy,
+    privileged: bool,
+    /// Directory modes and mtimes, applied once at the end so that a read-only directory from
+    /// the archive cannot stop later entries from being written into it.
+    dir_meta: BTreeMap<Comps, (u32, Option<Timespec>)>,
+    /// Entries seen so far (all layers), for the entry-count limit.
+    entries: u64,
+    /// Decompressed bytes produced by earlier layers.
+    bytes: u64,
+}
+
+/// A failure inside a layer, with the entry it concerns (if any).
+pub(crate) struct LayerFailure {
+    pub(crate) entry: Option<String>,
+    pub(crate) error: EntryError,
+}
+
+impl Tree {
+    pub(crate) fn new(root: OwnedFd, root_path: PathBuf, policy: Policy) -> Tree {
+        let privileged = rustix::process::geteuid().is_root();
+        Tree {
+            root,
+            root_path,
+            policy,
+            privileged,
+            dir_meta: BTreeMap::new(),
+            entries: 0,
+            bytes: 0,
+        }
+    }
+
+    pub(crate) fn root_fd(&self) -> &OwnedFd {
+        &self.root
+    }
+
+    /// Extracts one layer (already wrapped by [`super::decode::open_layer`]).
+    pub(crate) fn apply_layer(&mut self, mut stream: Budgeted) -> Result<(), LayerFailure> {
+        let mut this_layer: HashSet<Comps> = HashSet::new();
+        {
+            let mut archive = tar::Archive::new(&mut stream);
+            let entries = archive.entries().map_err(|e| LayerFailure {
+                entry: None,
+                error: e.into(),
+            })?;
+            for entry in entries {
+                let mut entry = entry.map_err(|e| LayerFailure {
+                    entry: None,
+                    error: e.into(),
+                })?;
+                let raw_name = entry.path_bytes().into_owned();
+                self.entries += 1;
+                if self.entries > self.policy.limits.max_entries {
+                    return Err(LayerFailure {
+                        entry: Some(display_name(&raw_name)),
+                        error: EntryError::Limit(format!(
+                            "more than {} archive entries",
+                            self.policy.limits.max_entries
+                        )),
+                    });
+                }
+                self.apply_entry(&mut entry, &raw_name, &mut this_layer)
+                    .map_err(|error| LayerFailure {
+                        entry: Some(display_name(&raw_name)),
+                        error,
+                    })?;
+            }
+        }
+        // Read to the real end so the gzip trailer (CRC, length) is checked and the budget
+        // covers everything the stream holds.
+        io::copy(&mut stream, &mut io::sink()).map_err(|e| LayerFailure {
+            entry: None,
+            error: e.into(),
+        })?;
+        self.bytes += stream.produced();
+        Ok(())
+    }
+
+    /// Bytes produced by the layers applied so far.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn apply_entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        raw_name: &[u8],
+        this_layer: &mut HashSet<Comps>,
+    ) -> Result<(), EntryError> {
+        let kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() {
+            return Ok(());
+        }
+        let comps =
+            enclosed_components(raw_name).map_err(|r| EntryError::Rejected(r.to_string()))?;
+        let Some((name, parent)) = comps.split_last() else {
+            // `./` itself: the root is ours, its mode is not the archive's to set.
+            if kind.is_dir() {
+                return Ok(());
+            }
+            return Err(EntryError::Rejected("entry names the unpack root".into()));
+        };
+        let name = name.clone();
+        if let Some(target) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            return self.whiteout(parent, &name, target, this_layer);
+        }
+        if name.as_bytes().starts_with(TEMP_PREFIX.as_bytes()) {
+            return Err(EntryError::Rejected(
+                "name is reserved for the agent's temporary files".into(),
+            ));
+        }
+        let mode = entry.header().mode()?;
+        let mtime = entry.header().mtime().ok().map(|s| Timespec {
+            tv_sec: s as i64,
+            tv_nsec: 0,
+        });
+        let perm = self.permitted_mode(mode);
+
+        match kind {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let dir = self.open_dir(parent, true)?;
+                self.clear_dir_at(&dir, parent, &name)?;
+                let tmp = temp_name();
+                let fd = rustix::fs::openat(
+                    &dir,
+                    &tmp,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )?;
+                let mut file = File::from(fd);
+                let written = (|| -> Result<(), EntryError> {
+                    io::copy(entry, &mut file)?;
+                    self.finish_metadata(file.as_fd(), entry.header(), perm, mtime)?;
+                    rustix::fs::renameat(&dir, &tmp, &dir, &name)?;
+                    Ok(())
+                })();
+                if written.is_err() {
+                    let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+                }
+                written?;
+            }
+            EntryType::Directory => {
+                let dir = self.open_dir(parent, true)?;
+                match kind_at(&dir, &name)? {
+                    Some(FileType::Directory) => {}
+                    Some(_) => {
+                        rustix::fs::unlinkat(&dir, &name, AtFlags::empty())?;
+                        rustix::fs::mkdirat(&dir, &name, Mode::from_raw_mode(0o755))?;
+                    }
+                    None => rustix::fs::mkdirat(&dir, &name, Mode::from_raw_mode(0o755))?,
+                }
+                if self.privileged && self.policy.allow_special {
+                    let d = rustix::fs::openat(&dir, &name, dir_flags(), Mode::empty())?;
+                    chown_from(&d, entry.header())?;
+                }
+                self.dir_meta.insert(comps.clone(), (perm, mtime));
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| EntryError::Rejected("symlink without a target".into()))?
+                    .into_owned();
+                let dir = self.open_dir(parent, true)?;
+                // Link targets are data: stored as given, never followed by us.
+                let tmp = temp_name();
+                rustix::fs::symlinkat(OsStr::from_bytes(&target), &dir, &tmp)?;
+                self.replace_with(&dir, parent, &tmp, &name)?;
+            }
+            EntryType::Link => {
+                let raw_target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| EntryError::Rejected("hard link without a target".into()))?
+                    .into_owned();
+                let target = enclosed_components(&raw_target)
+                    .map_err(|r| EntryError::Rejected(format!("hard link target: {r}")))?;
+                let not_inside = || {
+                    EntryError::Rejected(format!(
+                        "hard link target {:?} is not a file already extracted in this tree",
+                        display_name(&raw_target)
+                    ))
+                };
+                let (tname, tparent) = target.split_last().ok_or_else(not_inside)?;
+                let tdir = match self.open_dir(tparent, false) {
+                    Ok(d) => d,
+                    Err(EntryError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                        return Err(not_inside());
+                    }
+                    Err(EntryError::Rejected(_)) => return Err(not_inside()),
+                    Err(e) => return Err(e),
+                };
+                if kind_at(&tdir, tname)? != Some(FileType::RegularFile) {
+                    return Err(not_inside());
+                }
+                let dir = self.open_dir(parent, true)?;
+                let tmp = temp_name();
+                rustix::fs::linkat(&tdir, tname, &dir, &tmp, AtFlags::empty())?;
+                self.replace_with(&dir, parent, &tmp, &name)?;
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                if !(self.policy.allow_special && self.privileged) {
+                    return Err(EntryError::Rejected(
+                        "device nodes and FIFOs are not allowed (-allow-special, as root, permits them)".into(),
+                    ));
+                }
+                let (ft, dev) = match kind {
+                    EntryType::Fifo => (FileType::Fifo, 0),
+                    _ => {
+                        let major = entry.header().device_major()?.unwrap_or(0);
+                        let minor = entry.header().device_minor()?.unwrap_or(0);
+                        let ft = if kind == EntryType::Char {
+                            FileType::CharacterDevice
+                        } else {
+                            FileType::BlockDevice
+                        };
+                        (ft, rustix::fs::makedev(major, minor))
+                    }
+                };
+                let dir = self.open_dir(parent, true)?;
+                let tmp = temp_name();
+                rustix::fs::mknodat(&dir, &tmp, ft, Mode::from_raw_mode(0o600), dev)?;
+                // The name was just made by mknodat, so it is not a link to follow.
+                rustix::fs::chmodat(&dir, &tmp, Mode::from_raw_mode(perm), AtFlags::empty())?;
+                self.replace_with(&dir, parent, &tmp, &name)?;
+            }
+            other => {
+                return Err(EntryError::Rejected(format!(
+                    "unsupported header type flag 0x{:02x} ({:?})",
+                    other.as_byte(),
+                    other.as_byte() as char
+                )));
+            }
+        }
+        this_layer.insert(comps);
+        Ok(())
+    }
+
+    /// setuid, setgid and sticky survive only when asked for and running as root.
+    fn permitted_mode(&self, mode: u32) -> u32 {
+        if self.policy.allow_special && self.privileged {
+            mode & 0o7777
+        } else {
+            mode & 0o777
+        }
+    }
+
+    fn finish_metadata(
+        &self,
+        fd: impl AsFd,
+        header: &tar::Header,
+        perm: u32,
+        mtime: Option<Timespec>,
+    ) -> Result<(), EntryError> {
+        if self.privileged && self.policy.allow_special {
+            chown_from(&fd, header)?;
+        }
+        // fchmod after chown: chown clears setuid/setgid.
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm))?;
+        if let Some(m) = mtime {
+            rustix::fs::futimens(
+                &fd,
+                &Timestamps {
+                    last_access: m,
+                    last_modification: m,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Renames `tmp` over `name`, first removing a directory that stands there (a later layer
+    /// may replace a directory with a file or a link).
+    fn replace_with(
+        &mut self,
+        dir: &OwnedFd,
+        parent: &[OsString],
+        tmp: &str,
+        name: &OsStr,
+    ) -> Result<(), EntryError> {
+        let res = self
+            .clear_dir_at(dir, parent, name)
+            .and_then(|_| Ok(rustix::fs::renameat(dir, tmp, dir, name)?));
+        if res.is_err() {
+            let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+        }
+        res
+    }
+
+    /// Removes `name` if it is a directory, so that a non-directory can take its place.
+    fn clear_dir_at(
+        &mut self,
+        dir: &OwnedFd,
+        parent: &[OsString],
+        name: &OsStr,
+    ) -> Result<(), EntryError> {
+        if kind_at(dir, name)? == Some(FileType::Directory) {
+            self.remove_path(parent, name)?;
+        }
+        Ok(())
+    }
+
+    /// Removes `parent/name` (any type, recursively) and forgets pending directory metadata
+    /// beneath it.
+    fn remove_path(&mut self, parent: &[OsString], name: &OsStr) -> Result<(), EntryError> {
+        let mut comps: Comps = parent.to_vec();
+        comps.push(name.to_os_string());
+        // Every component was just opened with O_NOFOLLOW, and this process is the only writer
+        // of the staging tree, so this path names the same directory.
+        let path = comps.iter().fold(self.root_path.clone(), |p, c| p.join(c));
+        remove_tree(&path)?;
+        self.dir_meta.retain(|k, _| !k.starts_with(&comps));
+        Ok(())
+    }
+
+    fn whiteout(
+        &mut self,
+        parent: &[OsString],
+        name: &OsStr,
+        target: &[u8],
+        this_layer: &HashSet<Comps>,
+    ) -> Result<(), EntryError> {
+        if name == OPAQUE_WHITEOUT {
+            // Empty the directory of what earlier layers put there; keep this layer's entries.
+            let dir = self.open_dir(parent, true)?;
+            let keep: HashSet<&OsString> = this_layer
+                .iter()
+                .filter(|p| p.len() > parent.len() && p.starts_with(parent))
+                .map(|p| &p[parent.len()])
+                .collect();
+            let mut victims = Vec::new();
+            for ent in rustix::fs::Dir::read_from(&dir)? {
+                let ent = ent?;
+                let n = OsStr::from_bytes(ent.file_name().to_bytes());
+                if n == "." || n == ".." || keep.contains(&n.to_os_string()) {
+                    continue;
+                }
+                victims.push(n.to_os_string());
+            }
+            for v in victims {
+                self.remove_path(parent, &v)?;
+            }
+            return Ok(());
+        }
+        if target.is_empty()
+            || target == b"."
+            || target == b".."
+            || target.starts_with(WHITEOUT_PREFIX.as_bytes())
+        {
+            return Err(EntryError::Rejected("invalid whiteout".into()));
+        }
+        let target = OsStr::from_bytes(target);
+        let dir = match self.open_dir(parent, false) {
+            Ok(d) => d,
+            // Nothing there to delete.
+            Err(EntryError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if kind_at(&dir, target)?.is_some() {
+            self.remove_path(parent, target)?;
+        }
+        Ok(())
+    }
+
+    /// Opens the directory `comps` beneath the root without following any symlink. With
+    /// `create`, missing directories are made 0755 (subject to the umask, so never wider).
+    fn open_dir(&self, comps: &[OsString], create: bool) -> Result<OwnedFd, EntryError> {
+        let mut cur = rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty())?;
+        for c in comps {
+            let next = match rustix::fs::openat(&cur, c.as_os_str(), dir_flags(), Mode::empty()) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) if create => {
+                    match rustix::fs::mkdirat(&cur, c.as_os_str(), Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    rustix::fs::openat(&cur, c.as_os_str(), dir_flags(), Mode::empty())?
+                }
+                Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
+                    return Err(EntryError::Rejected(format!(
+                        "{:?} is not a directory (symlinks are never followed during unpacking)",
+                        c
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            cur = next;
+        }
+        Ok(cur)
+    }
+
+    /// Applies the recorded directory modes and mtimes, deepest first so that setting a
+    /// parent's mtime is not undone by work on its children.
+    pub(crate) fn apply_dir_metadata(&mut self) -> Result<(), EntryError> {
+        let meta = std::mem::take(&mut self.dir_meta);
+        let mut items: Vec<_> = meta.into_iter().collect();
+        items.sort_by_key(|item| std::cmp::Reverse(item.0.len()));
+        for (comps, (perm, mtime)) in items {
+            let fd = match self.open_dir(&comps, false) {
+                Ok(fd) => fd,
+                Err(_) => continue, // removed or replaced later; nothing to apply
+            };
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm))?;
+            if let Some(m) = mtime {
+                rustix::fs::futimens(
+                    &fd,
+                    &Timestamps {
+                        last_access: m,
+                        last_modification: m,
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+fn temp_name() -> String {
+    format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>())
+}
+
+fn kind_at(dir: &OwnedFd, name: impl AsRef<Path>) -> Result<Option<FileType>, EntryError> {
+    match rustix::fs::statat(dir, name.as_ref(), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode))),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn chown_from(fd: &impl AsFd, header: &tar::Header) -> Result<(), EntryError> {
+    let uid = u32::try_from(header.uid()?)
+        .map_err(|_| EntryError::Rejected("uid out of range".into()))?;
+    let gid = u32::try_from(header.gid()?)
+        .map_err(|_| EntryError::Rejected("gid out of range".into()))?;
+    rustix::fs::fchown(
+        fd,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    )?;
+    Ok(())
+}
