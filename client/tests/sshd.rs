@@ -276,15 +276,15 @@ async fn key_file_errors() {
 fn agent_auth_uses_every_identity() {
     let sshd = Sshd::start();
     let sock = sshd.path("agent.sock");
-    #[allow(clippy::zombie_processes)]
-    // killed and waited for below, after the assertions it guards
-    let mut agent = Command::new("ssh-agent")
-        .arg("-D")
-        .arg("-a")
-        .arg(&sock)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap());
+    let _agent = KillOnDrop(
+        Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     for _ in 0..200 {
         if sock.exists() {
             break;
