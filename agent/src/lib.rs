@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //!
+//! - [`cache`]: `cache/<sha256>` blobs, verified, resumable, cleaned by reachability.
 //! - [`unpack`]: layers → `unpacked/<id>` (safe extraction, staging, durability).
 
+pub mod cache;
 pub mod unpack;
