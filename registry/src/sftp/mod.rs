@@ -6,7 +6,111 @@
 //!
 //! Both run on [`stream::decoupled`], which keeps reading the channel while a reply waits for
 //! the client's window (the russh + russh-sftp deadlock, spike-russh.md section 7).
+//!
+//! Errors: clients get a status code and a generic text; details (paths, causes) go to the log
+//! only, so server paths never leak (deploy-tools A11).
 
 pub mod operator;
+pub mod path;
 pub mod service;
 pub mod stream;
+
+use std::collections::HashMap;
+
+use russh_sftp::protocol::{ExtendedReply, Packet, StatusCode, Version};
+use russh_sftp::server::StatusReply;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
+
+use crate::store::StoreError;
+
+/// Largest SFTP packet we accept, length field excluded: 256 KiB as OpenSSH's sftp-server.
+pub const MAX_PACKET: u32 = 256 << 10;
+/// Largest READ answered / WRITE accepted, advertised through `limits@openssh.com`: OpenSSH's
+/// 255 KiB, which leaves room for the packet header inside [`MAX_PACKET`]. Without the
+/// extension OpenSSH `sftp` falls back to 32 KiB requests, measurably slower.
+pub const MAX_READ_WRITE: u32 = MAX_PACKET - 1024;
+/// Most handles one session may hold open at once.
+pub const MAX_HANDLES: usize = 64;
+
+const LIMITS_EXTENSION: &str = "limits@openssh.com";
+
+/// The VERSION answer: protocol 3, advertising our limits.
+fn version() -> Version {
+    let mut extensions = HashMap::new();
+    extensions.insert(LIMITS_EXTENSION.to_string(), "1".to_string());
+    Version {
+        version: 3,
+        extensions,
+    }
+}
+
+/// Answers the extended requests both views support (only `limits@openssh.com`).
+fn extended(id: u32, request: &str) -> Result<Packet, StatusReply> {
+    if request != LIMITS_EXTENSION {
+        return Err(StatusCode::OpUnsupported.into());
+    }
+    let mut data = Vec::with_capacity(32);
+    for v in [
+        u64::from(MAX_PACKET),
+        u64::from(MAX_READ_WRITE),
+        u64::from(MAX_READ_WRITE),
+        MAX_HANDLES as u64,
+    ] {
+        data.extend_from_slice(&v.to_be_bytes());
+    }
+    Ok(Packet::ExtendedReply(ExtendedReply { id, data }))
+}
+
+/// Runs `handler` on `stream` (decoupled) and returns when the session ends, that is when
+/// russh-sftp drops the handler.
+async fn run<S, H>(stream: S, handler: H, ended: oneshot::Receiver<()>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+    H: russh_sftp::server::Handler + Send + 'static,
+{
+    let config = russh_sftp::server::Config {
+        max_client_packet_len: MAX_PACKET,
+    };
+    russh_sftp::server::run_with_config(stream::decoupled(stream), handler, config).await;
+    // The sender lives in the handler; it is dropped (Err here) when the session is over.
+    let _ = ended.await;
+}
+
+fn denied() -> StatusReply {
+    StatusCode::PermissionDenied.with_message("Permission denied")
+}
+
+fn no_such_file() -> StatusReply {
+    StatusCode::NoSuchFile.with_message("No such file")
+}
+
+fn failure(message: impl Into<String>) -> StatusReply {
+    StatusCode::Failure.with_message(message)
+}
+
+fn bad_handle() -> StatusReply {
+    failure("invalid handle")
+}
+
+fn too_many_handles() -> StatusReply {
+    failure("too many open handles")
+}
+
+/// An I/O failure: the details are logged here, the client gets a generic text.
+fn internal(what: &str, err: &dyn std::fmt::Display) -> StatusReply {
+    tracing::warn!(cause = %err, "sftp: {what} failed");
+    failure("internal error")
+}
+
+/// A store error as a status. Store texts are safe to show (they never hold paths); an
+/// `Internal` error's cause is logged only.
+fn store_failure(err: StoreError) -> StatusReply {
+    match err {
+        StoreError::Internal(cause) => internal("store", &format!("{cause:#}")),
+        other => failure(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

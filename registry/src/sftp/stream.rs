@@ -1,1 +1,208 @@
 //! A channel stream whose read side is drained by its own task (spike-russh.md section 7).
+//!
+//! russh delivers incoming channel data through a bounded queue, and when that queue is full the
+//! whole SSH session loop blocks, including the processing of the client's WINDOW_ADJUST.
+//! russh-sftp's server loop is read → handle → write: while it waits for window to send a large
+//! READ reply it reads nothing, so a client that pipelines enough requests (`sftp -R 512`, or
+//! 255 KiB requests with the default depth) fills russh's queue and both sides wait forever.
+//!
+//! Here a task keeps reading the channel into our own queue whatever the SFTP loop is doing, so
+//! russh's session loop never blocks on us. The queue holds at most [`QUEUE_CAP`] bytes; past
+//! that the reader waits for the SFTP loop to consume. Only request bytes count, and requests
+//! other than WRITE are tens of bytes, so the cap is reached only by writes, whose replies are
+//! tiny and never wait for window: pausing then cannot close the cycle above.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, Join, ReadBuf, WriteHalf};
+use tokio::sync::{Semaphore, mpsc};
+
+/// Most request bytes read from the channel but not yet consumed by the SFTP loop.
+pub const QUEUE_CAP: usize = 64 << 20;
+
+/// One read from the channel is at most one SSH packet (32 KiB from OpenSSH); this leaves room.
+const READ_CHUNK: usize = 64 << 10;
+
+/// The stream handed to russh-sftp: our queue for reading, the channel itself for writing.
+pub type Decoupled<S> = Join<QueueReader, WriteHalf<S>>;
+
+/// Splits `stream` and spawns the task that drains its read half (see the module docs).
+///
+/// When the returned stream is dropped, the task notices and drops the read half too, so the
+/// underlying stream (and the SSH channel) closes normally.
+pub fn decoupled<S>(stream: S) -> Decoupled<S>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    decoupled_with_cap(stream, QUEUE_CAP)
+}
+
+fn decoupled_with_cap<S>(stream: S, cap: usize) -> Decoupled<S>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut read_half, write_half) = tokio::io::split(stream);
+    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let budget = Arc::new(Semaphore::new(cap));
+    let reader_budget = Arc::clone(&budget);
+    tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            if buf.capacity() < READ_CHUNK / 2 {
+                buf.reserve(READ_CHUNK);
+            }
+            let n = tokio::select! {
+                r = read_half.read_buf(&mut buf) => match r {
+                    Ok(n) => n,
+                    Err(err) => {
+                        tracing::debug!(cause = %err, "sftp channel read failed");
+                        0
+                    }
+                },
+                () = tx.closed() => return,
+            };
+            if n == 0 {
+                // EOF: dropping `tx` ends the queue once the SFTP loop has read what is in it.
+                return;
+            }
+            let chunk = buf.split().freeze();
+            // `n <= READ_CHUNK <= cap`, so this cannot ask for more than the semaphore holds.
+            let permits = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+            tokio::select! {
+                p = reader_budget.acquire_many(permits) => match p {
+                    Ok(p) => p.forget(),
+                    Err(_) => return,
+                },
+                () = tx.closed() => return,
+            }
+            if tx.send(chunk).is_err() {
+                return;
+            }
+        }
+    });
+    tokio::io::join(
+        QueueReader {
+            rx,
+            current: Bytes::new(),
+            current_len: 0,
+            budget,
+        },
+        write_half,
+    )
+}
+
+/// The read side russh-sftp sees: the bytes the reader task queued, in order; EOF when the
+/// channel reached EOF (or failed) and the queue is empty.
+///
+/// It never returns an error: russh-sftp's loop only stops on EOF and would spin on errors.
+pub struct QueueReader {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    current: Bytes,
+    /// Length of `current` when it was queued: what to give back to `budget` once it is used.
+    current_len: usize,
+    budget: Arc<Semaphore>,
+}
+
+impl AsyncRead for QueueReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.current.is_empty() {
+                let n = this.current.len().min(buf.remaining());
+                buf.put_slice(&this.current[..n]);
+                this.current.advance(n);
+                if this.current.is_empty() {
+                    this.budget.add_permits(this.current_len);
+                    this.current_len = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(this.rx.poll_recv(cx)) {
+                Some(chunk) => {
+                    this.current_len = chunk.len();
+                    this.current = chunk;
+                }
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn passes_bytes_in_order_and_ends_at_eof() {
+        let (client, server) = tokio::io::duplex(1024);
+        let mut s = decoupled(server);
+        let (mut cr, mut cw) = tokio::io::split(client);
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            cw.write_all(&sent).await.unwrap();
+            cw.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(got, data);
+        // The write side still reaches the peer.
+        s.write_all(b"reply").await.unwrap();
+        let mut reply = [0u8; 5];
+        cr.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"reply");
+    }
+
+    /// The point of the module: the peer's writes keep being accepted while nobody reads our
+    /// side, up to the cap, and then the reader waits instead of growing without bound.
+    #[tokio::test]
+    async fn drains_without_a_consumer_up_to_the_cap() {
+        let (client, server) = tokio::io::duplex(4096);
+        let cap = 256 << 10;
+        let s = decoupled_with_cap(server, cap);
+        let (_cr, mut cw) = tokio::io::split(client);
+        // Far more than the duplex buffer: only completes because the task drains it.
+        let first = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            cw.write_all(&vec![7u8; cap / 2]),
+        )
+        .await;
+        assert!(
+            first.is_ok(),
+            "writes below the cap must not wait for the consumer"
+        );
+        // Beyond the cap (plus the duplex buffer and one chunk in flight) the writer must stall.
+        let over = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            cw.write_all(&vec![7u8; cap * 2]),
+        )
+        .await;
+        assert!(over.is_err(), "the queue must stop growing at its cap");
+        drop(s);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_stream_releases_the_read_half() {
+        let (client, server) = tokio::io::duplex(64);
+        let s = decoupled(server);
+        drop(s);
+        let mut client = client;
+        // Both halves of the server end are gone: the peer sees EOF.
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("peer must see the stream closed")
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+}
