@@ -1,0 +1,305 @@
+//! The operator console (spec 1.7, 1.8): one line in, text and an exit status out.
+//!
+//! [`execute`] is synchronous (the store is): the session calls it from `spawn_blocking`. It
+//! splits and parses the line with the shared grammar (`common::console`), applies the command
+//! to the store, renders the output, logs `command ok/fail: [...]` with who ran it (fixing A8),
+//! and records the command in the audit table.
+//!
+//! - [`shell`]: the interactive line editor used over a pty.
+
+pub mod shell;
+
+use common::console::{Command, HELP_LISTING, ParseError, UNKNOWN_COMMAND, render};
+use common::gostr;
+
+use crate::store::{Actor, Store, StoreError};
+
+/// Longest command line accepted, bytes. Longer lines are refused before parsing.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// What a console line produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Text for the client's stdout (the original wrote errors there too; scripts rely on it).
+    pub output: String,
+    /// Exit status: 0 or 1.
+    pub status: u32,
+}
+
+impl Outcome {
+    fn ok(output: String) -> Outcome {
+        Outcome { output, status: 0 }
+    }
+    fn fail(output: String) -> Outcome {
+        Outcome { output, status: 1 }
+    }
+}
+
+/// Runs one console line for `actor`.
+pub fn execute(store: &Store, actor: &Actor, line: &str) -> Outcome {
+    if line.len() > MAX_LINE {
+        return Outcome::fail(format!(
+            "command line too long: {} bytes, the limit is {MAX_LINE}\n",
+            line.len()
+        ));
+    }
+    let words = match common::shellwords::split(line) {
+        Ok(words) => words,
+        // As the original: a line that does not split is neither logged nor run.
+        Err(_) => return Outcome::fail(format!("{}\n", ParseError::Syntax)),
+    };
+    let (outcome, failure) = match Command::parse(&words) {
+        Ok(command) => run(store, actor, command),
+        Err(err) => {
+            let text = match &err {
+                ParseError::Usage { output } => output.clone(),
+                ParseError::Unknown(_) => format!("{UNKNOWN_COMMAND}\n"),
+                other => format!("{other}\n"),
+            };
+            let reason = match &err {
+                ParseError::Usage { output } => {
+                    output.lines().next().unwrap_or("usage").to_string()
+                }
+                ParseError::Unknown(_) => "unknown command".to_string(),
+                other => other.to_string(),
+            };
+            (Outcome::fail(text), Some(reason))
+        }
+    };
+    log_and_audit(store, actor, &words, failure.as_deref());
+    outcome
+}
+
+fn log_and_audit(store: &Store, actor: &Actor, words: &[String], failure: Option<&str>) {
+    let shown = format!("[{}]", words.join(" "));
+    let (user, key, addr) = (&actor.user, &actor.key_fingerprint, &actor.remote_addr);
+    match failure {
+        None => tracing::info!(%user, %key, %addr, "command ok: {shown}"),
+        Some(reason) => tracing::info!(%user, %key, %addr, %reason, "command fail: {shown}"),
+    }
+    let row = render::AuditRow {
+        time: common::timefmt::now(),
+        user: actor.user.clone(),
+        key_fingerprint: actor.key_fingerprint.clone(),
+        remote_addr: actor.remote_addr.clone(),
+        command: common::shellwords::join(words),
+        result: failure.map_or_else(|| "ok".to_string(), |r| format!("fail: {r}")),
+    };
+    if let Err(err) = store.record_audit(&row) {
+        tracing::error!(cause = ?err, "could not record audit entry");
+    }
+}
+
+/// Applies a parsed command. Returns the outcome and, on failure, the reason for log and audit.
+fn run(store: &Store, actor: &Actor, command: Command) -> (Outcome, Option<String>) {
+    match apply(store, actor, command) {
+        Ok(Applied {
+            output,
+            problems: None,
+        }) => (Outcome::ok(output), None),
+        Ok(Applied {
+            output,
+            problems: Some(reason),
+        }) => (Outcome::fail(output), Some(reason)),
+        Err(err) => {
+            if let StoreError::Internal(cause) = &err {
+                tracing::error!("command failed: {cause:#}");
+            }
+            let text = err.to_string();
+            (Outcome::fail(format!("{text}\n")), Some(text))
+        }
+    }
+}
+
+/// Output of a command that ran; `problems` makes it exit 1 with its output (fsck, delconf).
+struct Applied {
+    output: String,
+    problems: Option<String>,
+}
+
+impl From<String> for Applied {
+    fn from(output: String) -> Applied {
+        Applied {
+            output,
+            problems: None,
+        }
+    }
+}
+
+/// Refusal to delete without `-force` (spec 1.8), exit 1.
+pub const DELCONF_NEEDS_FORCE: &str = "Run command with -force flag to confirm removal";
+
+fn apply(store: &Store, actor: &Actor, command: Command) -> Result<Applied, StoreError> {
+    let output = match command {
+        Command::Help => format!("{HELP_LISTING}\n"),
+        Command::AddVer(c) => {
+            store.add_version(&c.name, &c.version, &c.hash, actor)?;
+            String::new()
+        }
+        Command::AddConf(c) => {
+            store.add_conf(&c.name, &c.layers, actor)?;
+            String::new()
+        }
+        Command::ChangeConf(c) => {
+            store.change_conf(&c.name, &c.component, &c.version, actor)?;
+            String::new()
+        }
+        Command::BumpConf(c) => match store.bump_conf(&c.name, &c.component, actor)? {
+            Some(old) => render::bump_rollback_hint(&c.name, &c.component, &old),
+            None => String::new(),
+        },
+        Command::ShowConf(c) => render::showconf(&store.show_conf(&c.name)?, c.verbose),
+        Command::ShowComp(c) => render::showcomp(&store.show_comp(&c.name)?),
+        Command::Components => render::names(&store.components()?),
+        Command::Configurations => render::names(&store.configurations()?),
+        Command::DelVer(c) => {
+            store.del_ver(&c.name, &c.version, actor)?;
+            String::new()
+        }
+        Command::DelComp(c) => {
+            store.del_comp(&c.name, actor)?;
+            String::new()
+        }
+        Command::DelConf(c) => {
+            if !c.force {
+                return Ok(Applied {
+                    output: format!("{DELCONF_NEEDS_FORCE}\n"),
+                    problems: Some(DELCONF_NEEDS_FORCE.to_string()),
+                });
+            }
+            store.del_conf(&c.name, actor)?;
+            String::new()
+        }
+        Command::History(c) => {
+            let rows = store.history(&c.name)?;
+            let current = store
+                .show_conf(&c.name)
+                .map(|conf| conf.hash)
+                .unwrap_or_default();
+            render::history(&rows, &current)
+        }
+        Command::Rollback(c) => {
+            let conf = store.rollback(&c.name, c.to, actor)?;
+            format!(
+                "rolled back configuration {} to {}\n",
+                gostr::quote(&c.name),
+                conf.hash
+            )
+        }
+        Command::Audit(c) => render::audit(&store.audit(c.limit)?),
+        Command::Fsck => {
+            let report = store.fsck()?;
+            let output = fsck_text(&report);
+            let problems = (!report.problems.is_empty())
+                .then(|| format!("fsck: {} problems", report.problems.len()));
+            return Ok(Applied { output, problems });
+        }
+    };
+    Ok(output.into())
+}
+
+/// The fsck report: one line per problem, then a summary line.
+pub fn fsck_text(report: &crate::store::FsckReport) -> String {
+    let mut out = String::new();
+    for problem in &report.problems {
+        out.push_str(problem);
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "checked {} blobs ({} bytes): {}\n",
+        report.blobs_checked,
+        report.bytes_checked,
+        match report.problems.len() {
+            0 => "no problems".to_string(),
+            1 => "1 problem".to_string(),
+            n => format!("{n} problems"),
+        }
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Store, Actor) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), crate::store::Options::default()).unwrap();
+        let actor = Actor {
+            user: "op".into(),
+            key_fingerprint: "SHA256:x".into(),
+            remote_addr: "127.0.0.1:1".into(),
+        };
+        (dir, store, actor)
+    }
+
+    #[test]
+    fn console_texts() {
+        let (_dir, store, actor) = setup();
+        let out = execute(&store, &actor, "help");
+        assert_eq!(out, Outcome::ok(format!("{HELP_LISTING}\n")));
+        assert_eq!(
+            execute(&store, &actor, "showconf \"x").output,
+            "invalid command line string\n"
+        );
+        assert_eq!(
+            execute(&store, &actor, "frobnicate").output,
+            format!("{UNKNOWN_COMMAND}\n")
+        );
+        assert_eq!(
+            execute(&store, &actor, "showconf").output,
+            "name should be set\n"
+        );
+        let out = execute(&store, &actor, "delconf -name x");
+        assert_eq!(
+            out,
+            Outcome::fail("Run command with -force flag to confirm removal\n".into())
+        );
+        assert_eq!(
+            execute(&store, &actor, "showconf -name nope").output,
+            "configuration \"nope\" not found\n"
+        );
+        let out = execute(&store, &actor, "showconf -x");
+        assert!(
+            out.output
+                .starts_with("flag provided but not defined: -x\nUsage of showconf:\n"),
+            "{out:?}"
+        );
+        assert_eq!(out.status, 1);
+        assert_eq!(
+            execute(&store, &actor, "components"),
+            Outcome::ok(String::new())
+        );
+        let long = format!("help {}", "a".repeat(MAX_LINE));
+        assert!(
+            execute(&store, &actor, &long)
+                .output
+                .starts_with("command line too long")
+        );
+        // Every run command (not the unsplittable one) is in the audit log.
+        let audit = store.audit(100).unwrap();
+        assert!(
+            audit
+                .iter()
+                .any(|r| r.command == "help" && r.result == "ok" && r.user == "op")
+        );
+        assert!(
+            audit
+                .iter()
+                .any(|r| r.result.starts_with("fail: configuration"))
+        );
+    }
+
+    #[test]
+    fn fsck_summary() {
+        let report = crate::store::FsckReport {
+            blobs_checked: 2,
+            bytes_checked: 10,
+            problems: vec!["x".into()],
+        };
+        assert_eq!(
+            fsck_text(&report),
+            "x\nchecked 2 blobs (10 bytes): 1 problem\n"
+        );
+    }
+}

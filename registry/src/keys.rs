@@ -1,0 +1,543 @@
+//! Authorized keys: the operator and service key files, their options, and live reloading.
+//!
+//! Differences from deploy-tools (spec 1.5, A6, A9):
+//! - comments (`#`) and blank lines are allowed; any other line that does not parse is an error
+//!   naming the file and the line number (at startup: fatal; on reload: the old keys stay);
+//! - the options `from="pattern-list"` and `expiry-time="timespec"` are enforced;
+//! - the files are re-read on SIGHUP, and on login when their mtime or size changed (checked at
+//!   most every [`RECHECK_INTERVAL`]).
+//!
+//! Options parsed but deliberately ignored: `command=`, `restrict`, `no-pty`,
+//! `no-port-forwarding`, `no-agent-forwarding`, `no-X11-forwarding`, `no-user-rc`,
+//! `environment=`, `permitopen=`, `permitlisten=`, `principals=`, `tunnel=`, `cert-authority`.
+//! The registry never forwards anything, runs no user rc and has no shell to replace, so the
+//! forwarding ones hold anyway; `command=` would need a per-key console policy we do not have.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use russh::keys::ssh_key::PublicKey;
+use russh::keys::ssh_key::authorized_keys::ConfigOpts;
+use time::OffsetDateTime;
+
+/// How often a login may stat the key files to notice an edit.
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The user name that selects the service key file and role.
+pub const SERVICE_USER: &str = "deploy-agent";
+
+/// One usable line of an authorized_keys file.
+#[derive(Debug, Clone)]
+pub struct AuthorizedKey {
+    pub key: PublicKey,
+    /// `from="..."`: OpenSSH pattern list the client address must match.
+    pub from: Option<String>,
+    /// `expiry-time="..."`: the key is refused from this instant on.
+    pub expiry: Option<OffsetDateTime>,
+    /// 1-based line number, for logs.
+    pub line: usize,
+}
+
+/// Why a key file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("reading {path:?}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path:?} line {line}: {reason}")]
+    Line {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    /// The original's text (spec 1.5).
+    #[error("file {:?} should have at least one key", .0.display().to_string())]
+    Empty(PathBuf),
+}
+
+/// Parses the text of an authorized_keys file.
+pub fn parse_key_file(path: &Path, text: &str) -> Result<Vec<AuthorizedKey>, KeyFileError> {
+    let mut keys = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |reason: String| KeyFileError::Line {
+            path: path.to_path_buf(),
+            line: index + 1,
+            reason,
+        };
+        let (opts, key) = split_entry(line).map_err(bad)?;
+        let mut from = None;
+        let mut expiry = None;
+        for opt in opts.iter() {
+            let (name, value) = match opt.split_once('=') {
+                Some((n, v)) => (n, Some(unquote(v))),
+                None => (opt, None),
+            };
+            match (name.to_ascii_lowercase().as_str(), value) {
+                ("from", Some(v)) => from = Some(v),
+                ("expiry-time", Some(v)) => {
+                    expiry = Some(
+                        parse_expiry(&v)
+                            .ok_or_else(|| bad(format!("invalid expiry-time {v:?}")))?,
+                    )
+                }
+                ("from" | "expiry-time", None) => {
+                    return Err(bad(format!("option {name} needs a value")));
+                }
+                _ => {}
+            }
+        }
+        keys.push(AuthorizedKey {
+            key,
+            from,
+            expiry,
+            line: index + 1,
+        });
+    }
+    if keys.is_empty() {
+        return Err(KeyFileError::Empty(path.to_path_buf()));
+    }
+    Ok(keys)
+}
+
+/// Reads and parses a key file.
+pub fn read_key_file(path: &Path) -> Result<Vec<AuthorizedKey>, KeyFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_key_file(path, &text)
+}
+
+/// `[options] keytype base64 [comment]`. ssh-key's own `Entry` parser misreads an options field
+/// followed by a key without comment, so the fallback splits off the options itself.
+fn split_entry(line: &str) -> Result<(ConfigOpts, PublicKey), String> {
+    use russh::keys::ssh_key::authorized_keys::Entry;
+    match line.parse::<Entry>() {
+        Ok(entry) => Ok((entry.config_opts().clone(), entry.public_key().clone())),
+        Err(first) => {
+            let Some((opts, rest)) = split_options(line) else {
+                return Err(format!("not a public key ({first})"));
+            };
+            let opts = ConfigOpts::new(opts).map_err(|e| format!("invalid options ({e})"))?;
+            let key = PublicKey::from_openssh(rest.trim_start())
+                .map_err(|e| format!("not a public key ({e})"))?;
+            Ok((opts, key))
+        }
+    }
+}
+
+/// Splits the options field off, honouring double quotes (`from="a, b"` may hold spaces).
+fn split_options(line: &str) -> Option<(&str, &str)> {
+    let mut quoted = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' | '\t' if !quoted => return Some((&line[..i], &line[i + 1..])),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn unquote(v: &str) -> String {
+    let v = v
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(v);
+    v.replace("\\\"", "\"")
+}
+
+/// OpenSSH `expiry-time`: `YYYYMMDD[HHMM[SS]]`, optionally ending in `Z`. OpenSSH reads a time
+/// without `Z` in the server's local zone; servers run in UTC here, so both are UTC.
+pub fn parse_expiry(s: &str) -> Option<OffsetDateTime> {
+    let digits = s
+        .strip_suffix('Z')
+        .or_else(|| s.strip_suffix('z'))
+        .unwrap_or(s);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || !matches!(digits.len(), 8 | 12 | 14) {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| digits.get(r).and_then(|p| p.parse::<u32>().ok());
+    let year = i32::try_from(num(0..4)?).ok()?;
+    let month = time::Month::try_from(u8::try_from(num(4..6)?).ok()?).ok()?;
+    let day = u8::try_from(num(6..8)?).ok()?;
+    let (hour, minute, second) = match digits.len() {
+        8 => (0, 0, 0),
+        12 => (num(8..10)?, num(10..12)?, 0),
+        _ => (num(8..10)?, num(10..12)?, num(12..14)?),
+    };
+    let date = time::Date::from_calendar_date(year, month, day).ok()?;
+    let t = time::Time::from_hms(
+        u8::try_from(hour).ok()?,
+        u8::try_from(minute).ok()?,
+        u8::try_from(second).ok()?,
+    )
+    .ok()?;
+    Some(time::PrimitiveDateTime::new(date, t).assume_utc())
+}
+
+/// OpenSSH `from=` semantics (`match_host_and_ip`): a comma-separated list of patterns, each
+/// a wildcard pattern (`*`, `?`) or a CIDR block, optionally negated with `!`. A matching
+/// negated pattern denies outright; otherwise any positive match allows. Without reverse DNS
+/// (OpenSSH's default `UseDNS no`) the host name is the address itself.
+pub fn from_matches(patterns: &str, addr: IpAddr) -> bool {
+    let ip = addr.to_canonical().to_string();
+    let mut allowed = false;
+    for pattern in patterns.split(',') {
+        let pattern = pattern.trim();
+        let (negated, pattern) = match pattern.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, pattern),
+        };
+        if pattern.is_empty() {
+            continue;
+        }
+        let hit = if pattern.contains('/') {
+            cidr_contains(pattern, addr.to_canonical())
+        } else {
+            wildcard_match(&pattern.to_ascii_lowercase(), &ip)
+        };
+        if hit && negated {
+            return false;
+        }
+        allowed |= hit;
+    }
+    allowed
+}
+
+/// `*` matches any run of characters, `?` exactly one (OpenSSH `match_pattern`).
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    // Iterative matcher with one backtrack point: linear in practice, no recursion blow-up.
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+fn cidr_contains(block: &str, addr: IpAddr) -> bool {
+    let Some((net, bits)) = block.split_once('/') else {
+        return false;
+    };
+    let (Ok(net), Ok(bits)) = (net.parse::<IpAddr>(), bits.parse::<u32>()) else {
+        return false;
+    };
+    match (net, addr) {
+        (IpAddr::V4(n), IpAddr::V4(a)) if bits <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) if bits <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+/// The role a login gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Operator,
+    Service,
+}
+
+impl Role {
+    pub fn for_user(user: &str) -> Role {
+        if user == SERVICE_USER {
+            Role::Service
+        } else {
+            Role::Operator
+        }
+    }
+}
+
+/// Why a key was refused, for the log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Unknown,
+    From(String),
+    Expired,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Unknown => f.write_str("key not authorized"),
+            Refusal::From(p) => write!(f, "address not allowed by from={p:?}"),
+            Refusal::Expired => f.write_str("key expired (expiry-time)"),
+        }
+    }
+}
+
+/// A key file and what was last read from it.
+struct Loaded {
+    path: PathBuf,
+    keys: Arc<Vec<AuthorizedKey>>,
+    stamp: Option<(SystemTime, u64)>,
+}
+
+impl Loaded {
+    fn read(path: &Path) -> Result<Loaded, KeyFileError> {
+        let stamp = stamp(path);
+        let keys = read_key_file(path)?;
+        Ok(Loaded {
+            path: path.to_path_buf(),
+            keys: Arc::new(keys),
+            stamp,
+        })
+    }
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Both key files, shared by every connection, reloadable in place.
+pub struct Keyring {
+    operator: RwLock<Loaded>,
+    service: RwLock<Loaded>,
+    last_check: Mutex<Instant>,
+}
+
+impl Keyring {
+    /// Reads the operator file, then the service file (the original's order).
+    pub fn load(operator: &Path, service: &Path) -> Result<Keyring, KeyFileError> {
+        Ok(Keyring {
+            operator: RwLock::new(Loaded::read(operator)?),
+            service: RwLock::new(Loaded::read(service)?),
+            last_check: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Re-reads both files. A file that fails keeps its previous keys; the error is logged.
+    pub fn reload(&self) {
+        for slot in [&self.operator, &self.service] {
+            let path = read_lock(slot).path.clone();
+            match Loaded::read(&path) {
+                Ok(fresh) => {
+                    tracing::info!(file = %path.display(), keys = fresh.keys.len(), "reloaded authorized keys");
+                    *slot.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                }
+                Err(err) => tracing::error!("keeping previous keys: {err}"),
+            }
+        }
+    }
+
+    /// Reloads the files whose mtime or size changed, at most once per [`RECHECK_INTERVAL`].
+    pub fn reload_if_changed(&self) {
+        {
+            let mut last = self.last_check.lock().unwrap_or_else(|p| p.into_inner());
+            if last.elapsed() < RECHECK_INTERVAL {
+                return;
+            }
+            *last = Instant::now();
+        }
+        let changed = [&self.operator, &self.service].iter().any(|slot| {
+            let loaded = read_lock(slot);
+            stamp(&loaded.path) != loaded.stamp
+        });
+        if changed {
+            self.reload();
+        }
+    }
+
+    fn keys(&self, role: Role) -> Arc<Vec<AuthorizedKey>> {
+        let slot = match role {
+            Role::Operator => &self.operator,
+            Role::Service => &self.service,
+        };
+        read_lock(slot).keys.clone()
+    }
+
+    /// Whether `key` is listed for `role` at all (the cheap pre-signature check).
+    pub fn is_listed(&self, role: Role, key: &PublicKey) -> bool {
+        self.keys(role)
+            .iter()
+            .any(|k| k.key.key_data() == key.key_data())
+    }
+
+    /// Full check after the signature was verified: listed, address allowed, not expired.
+    /// Returns the line of the matching entry. Compares `key_data()` because `PublicKey ==`
+    /// also compares comments.
+    pub fn check(
+        &self,
+        role: Role,
+        key: &PublicKey,
+        addr: Option<IpAddr>,
+        now: OffsetDateTime,
+    ) -> Result<usize, Refusal> {
+        let keys = self.keys(role);
+        let mut refusal = Refusal::Unknown;
+        for entry in keys.iter().filter(|k| k.key.key_data() == key.key_data()) {
+            if let Some(patterns) = &entry.from
+                && !addr.is_some_and(|a| from_matches(patterns, a))
+            {
+                refusal = Refusal::From(patterns.clone());
+                continue;
+            }
+            if entry.expiry.is_some_and(|e| now >= e) {
+                refusal = Refusal::Expired;
+                continue;
+            }
+            return Ok(entry.line);
+        }
+        Err(refusal)
+    }
+}
+
+fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMh2LMPYmSdDTSAhDD6tZBdFhiu78ubEM8bRmjHzfw0g";
+
+    fn p() -> &'static Path {
+        Path::new("/etc/op.keys")
+    }
+
+    #[test]
+    fn comments_blank_lines_and_options() {
+        let text = format!(
+            "# operators\n\n   \n{ED} alice@laptop\nfrom=\"10.0.0.0/8,!10.1.2.3\",no-pty {ED}\nexpiry-time=\"20300101\" {ED} bob\n"
+        );
+        let keys = parse_key_file(p(), &text).unwrap();
+        assert_eq!(keys.len(), 3);
+        assert_eq!(keys[0].line, 4);
+        assert_eq!(keys[0].from, None);
+        assert_eq!(keys[1].from.as_deref(), Some("10.0.0.0/8,!10.1.2.3"));
+        assert_eq!(keys[2].expiry, parse_expiry("20300101000000Z"));
+    }
+
+    #[test]
+    fn bad_line_names_file_and_line() {
+        let text = format!("{ED}\n# ok\nnot a key at all\n");
+        let err = parse_key_file(p(), &text).unwrap_err();
+        assert!(matches!(err, KeyFileError::Line { line: 3, .. }), "{err:?}");
+        assert!(
+            err.to_string().starts_with("\"/etc/op.keys\" line 3: "),
+            "{err}"
+        );
+        let text = format!("expiry-time=\"2030\" {ED}\n");
+        assert!(matches!(
+            parse_key_file(p(), &text),
+            Err(KeyFileError::Line { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn empty_file_is_the_original_error() {
+        let err = parse_key_file(p(), "# nobody\n\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "file \"/etc/op.keys\" should have at least one key"
+        );
+    }
+
+    #[test]
+    fn patterns() {
+        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let cases = [
+            ("127.0.0.1", "127.0.0.1", true),
+            ("127.0.0.*", "127.0.0.9", true),
+            ("127.0.0.?", "127.0.0.10", false),
+            ("10.*,127.*", "127.0.0.1", true),
+            ("*,!127.0.0.1", "127.0.0.1", false),
+            ("*,!127.0.0.1", "127.0.0.2", true),
+            ("!127.0.0.1", "127.0.0.2", false),
+            ("10.0.0.0/8", "10.200.1.1", true),
+            ("10.0.0.0/8", "11.0.0.1", false),
+            ("::1", "::1", true),
+            ("::/0", "2001:db8::1", true),
+            ("192.168.1.1", "::ffff:192.168.1.1", true),
+            ("", "127.0.0.1", false),
+        ];
+        for (pattern, addr, want) in cases {
+            assert_eq!(from_matches(pattern, v4(addr)), want, "{pattern} vs {addr}");
+        }
+        assert!(wildcard_match("a*b*c", "axxbyyc"));
+        assert!(!wildcard_match("a*b*c", "axxbyy"));
+        assert!(wildcard_match("*", ""));
+    }
+
+    #[test]
+    fn expiry_forms() {
+        assert!(parse_expiry("20301231").is_some());
+        assert!(parse_expiry("203012312359").is_some());
+        assert!(parse_expiry("20301231235959Z").is_some());
+        assert!(parse_expiry("20301331").is_none());
+        assert!(parse_expiry("2030123").is_none());
+    }
+
+    #[test]
+    fn check_compares_key_data_and_enforces_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let op = dir.path().join("op");
+        let srv = dir.path().join("srv");
+        std::fs::write(&op, format!("from=\"10.*\" {ED} with comment\n")).unwrap();
+        std::fs::write(&srv, format!("expiry-time=\"20000101\" {ED}\n")).unwrap();
+        let ring = Keyring::load(&op, &srv).unwrap();
+        let wire = PublicKey::from_openssh(ED).unwrap();
+        let now = OffsetDateTime::now_utc();
+        assert!(ring.is_listed(Role::Operator, &wire));
+        assert_eq!(
+            ring.check(
+                Role::Operator,
+                &wire,
+                Some("10.1.1.1".parse().unwrap()),
+                now
+            ),
+            Ok(1)
+        );
+        assert!(matches!(
+            ring.check(
+                Role::Operator,
+                &wire,
+                Some("127.0.0.1".parse().unwrap()),
+                now
+            ),
+            Err(Refusal::From(_))
+        ));
+        assert_eq!(
+            ring.check(Role::Service, &wire, None, now),
+            Err(Refusal::Expired)
+        );
+        // A reload that fails keeps the old keys.
+        std::fs::write(&op, "garbage\n").unwrap();
+        ring.reload();
+        assert!(ring.is_listed(Role::Operator, &wire));
+        std::fs::write(&op, "# none\n").unwrap();
+        ring.reload();
+        assert!(ring.is_listed(Role::Operator, &wire));
+    }
+}

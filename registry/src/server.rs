@@ -1,0 +1,211 @@
+//! The SSH listener: accept loop, connection limit, handshake limit, graceful shutdown.
+//!
+//! We run our own accept loop around `russh::server::run_stream` rather than russh's
+//! `run_on_socket`, because the latter disconnects every session the moment shutdown is asked
+//! for; we want running commands and transfers to finish (spec B7). Shutdown, mini-redis style:
+//! the `shutdown` future fires → the loop stops accepting and cancels `token` → each connection
+//! disconnects once it has no running work (idle shells end at their next prompt) → `run`
+//! waits on the `TaskTracker`, bounded by `-shutdown-timeout`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use russh::keys::ssh_key::PrivateKey;
+use russh::server::Config;
+use russh::{MethodKind, MethodSet};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::keys::Keyring;
+use crate::session::Connection;
+use crate::store::Store;
+
+/// Time allowed from accept to successful authentication (the original's 20 s deadline).
+pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(20);
+
+/// What every connection shares.
+pub struct Shared {
+    pub store: Store,
+    pub keys: Arc<Keyring>,
+    /// Cancelled when shutdown starts.
+    pub token: CancellationToken,
+    /// Tracks connections and the work they spawn (consoles, transfers).
+    pub tracker: TaskTracker,
+}
+
+/// The russh configuration: public keys only, tuned windows, idle limit = `-deadline`.
+pub fn ssh_config(host_key: PrivateKey, deadline: Option<Duration>) -> Config {
+    Config {
+        server_id: russh::SshId::Standard("SSH-2.0-deploy-registry".into()),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        // OpenSSH probes with "none" first; the default 1 s delay on it costs every login a
+        // second (spike-russh.md section 8). Real rejections keep the constant delay.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![host_key],
+        window_size: 16 << 20,
+        maximum_packet_size: 65535,
+        nodelay: true,
+        // `-deadline` is an idle limit here: long transfers are not cut, and 0 means none (B6).
+        inactivity_timeout: deadline,
+        ..Default::default()
+    }
+}
+
+/// Serves until `shutdown` completes, then drains for at most `drain_limit`.
+pub async fn run(
+    listener: TcpListener,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    maxconn: usize,
+    drain_limit: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limit = Arc::new(Semaphore::new(maxconn));
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(100);
+                pair
+            }
+            Err(err) => {
+                // Out of file descriptors and the like pass with time; do not spin.
+                tracing::error!(cause = %err, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(addr = %peer, maxconn, "connection refused: too many connections");
+            drop(socket);
+            continue;
+        };
+        let (config, shared2) = (config.clone(), shared.clone());
+        shared.tracker.spawn(async move {
+            serve_connection(socket, peer, config, shared2).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    shared.token.cancel();
+    shared.tracker.close();
+    if tokio::time::timeout(drain_limit, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "shutdown timeout ({}) reached, closing the remaining sessions",
+            common::goflag::format_duration(drain_limit)
+        );
+    }
+}
+
+async fn serve_connection(
+    socket: TcpStream,
+    peer: SocketAddr,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+) {
+    if let Err(err) = socket.set_nodelay(true) {
+        tracing::debug!(addr = %peer, cause = %err, "set_nodelay failed");
+    }
+    let (authed_tx, authed_rx) = oneshot::channel();
+    let busy = Arc::new(AtomicUsize::new(0));
+    let handler = Connection::new(shared.clone(), peer, authed_tx, busy.clone());
+    let session = match tokio::time::timeout(
+        HANDSHAKE_LIMIT,
+        russh::server::run_stream(config, socket, handler),
+    )
+    .await
+    {
+        Ok(Ok(session)) => session,
+        Ok(Err(err)) => {
+            log_connection_error(peer, &err);
+            return;
+        }
+        Err(_) => {
+            tracing::info!(addr = %peer, "connection closed: no SSH identification within {HANDSHAKE_LIMIT:?}");
+            return;
+        }
+    };
+    let handle = session.handle();
+    tokio::pin!(session);
+    // Phase 1: authentication must complete within the handshake limit.
+    let auth_deadline = tokio::time::sleep(HANDSHAKE_LIMIT);
+    tokio::pin!(auth_deadline);
+    let mut authed_rx = authed_rx;
+    let mut authed = false;
+    loop {
+        tokio::select! {
+            result = &mut session => {
+                if let Err(err) = result {
+                    log_connection_error(peer, &err);
+                }
+                return;
+            }
+            // An error means the handler is gone: the session is ending, its result comes next.
+            _ = &mut authed_rx, if !authed => authed = true,
+            () = &mut auth_deadline, if !authed => {
+                tracing::info!(addr = %peer, "connection closed: authentication not completed within {HANDSHAKE_LIMIT:?}");
+                disconnect(&handle, "authentication timeout").await;
+                return;
+            }
+            () = shared.token.cancelled() => break,
+        }
+    }
+    // Phase 2: shutting down. Let running work finish, then say goodbye.
+    loop {
+        if busy.load(Ordering::SeqCst) == 0 {
+            disconnect(&handle, "server shutting down").await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut session).await;
+            return;
+        }
+        tokio::select! {
+            result = &mut session => {
+                if let Err(err) = result {
+                    log_connection_error(peer, &err);
+                }
+                return;
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+async fn disconnect(handle: &russh::server::Handle, reason: &str) {
+    let _ = handle
+        .disconnect(
+            russh::Disconnect::ByApplication,
+            reason.to_string(),
+            String::new(),
+        )
+        .await;
+}
+
+fn log_connection_error(peer: SocketAddr, err: &anyhow::Error) {
+    // A peer that just goes away is not worth a log line (the original skipped io.EOF).
+    if let Some(russh::Error::IO(io)) = err.downcast_ref::<russh::Error>()
+        && matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+        )
+    {
+        return;
+    }
+    if let Some(russh::Error::Disconnect | russh::Error::HUP) = err.downcast_ref::<russh::Error>() {
+        return;
+    }
+    tracing::warn!(addr = %peer, "connection error: {err:#}");
+}

@@ -1,0 +1,550 @@
+//! One SSH connection: authentication, roles, channel requests (spec 1.5, 1.6), and the tasks
+//! that serve a channel once it starts (console exec, interactive shell, SFTP).
+//!
+//! A `Channel<Msg>` has a bounded queue that russh fills with every request and data packet;
+//! left unread it blocks the whole session (spike-russh.md section 10, item 8). So a channel is
+//! held here only until its exec/shell/subsystem starts, at most [`MAX_PENDING_REQUESTS`]
+//! requests, and every started channel is read until it ends.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use russh::keys::ssh_key::HashAlg;
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelMsg};
+use tokio::sync::oneshot;
+
+use crate::console::shell::{self, Editor, Event, LineSplitter, Piped};
+use crate::console::{self, MAX_LINE, Outcome};
+use crate::keys::Role;
+use crate::server::Shared;
+use crate::store::Actor;
+
+/// Requests refused on a channel that has not started before we close it.
+const MAX_PENDING_REQUESTS: u32 = 64;
+/// Session channels open at once on one connection.
+const MAX_CHANNELS: usize = 8;
+
+/// Terminal size given by `pty-req`.
+#[derive(Debug, Clone, Copy)]
+struct Pty {
+    cols: u32,
+}
+
+struct PendingChannel {
+    channel: Option<Channel<Msg>>,
+    pty: Option<Pty>,
+    started: bool,
+    requests: u32,
+}
+
+/// The russh handler of one connection.
+pub struct Connection {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    authed_tx: Option<oneshot::Sender<()>>,
+    /// Running consoles and transfers of this connection (shutdown waits for zero).
+    busy: Arc<AtomicUsize>,
+    login: Option<(Role, Actor)>,
+    channels: HashMap<ChannelId, PendingChannel>,
+}
+
+impl Connection {
+    pub fn new(
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        authed_tx: oneshot::Sender<()>,
+        busy: Arc<AtomicUsize>,
+    ) -> Connection {
+        Connection {
+            shared,
+            peer,
+            authed_tx: Some(authed_tx),
+            busy,
+            login: None,
+            channels: HashMap::new(),
+        }
+    }
+
+    fn role(&self) -> Option<Role> {
+        self.login.as_ref().map(|(role, _)| *role)
+    }
+
+    /// Takes the channel for a request that starts it, if the request may start it.
+    fn start(&mut self, id: ChannelId) -> Option<(Channel<Msg>, Option<Pty>)> {
+        let pending = self.channels.get_mut(&id)?;
+        if pending.started {
+            return None;
+        }
+        let channel = pending.channel.take()?;
+        pending.started = true;
+        Some((channel, pending.pty))
+    }
+
+    /// Refuses a request; a channel that only collects refused requests is closed.
+    fn refuse(&mut self, id: ChannelId, session: &mut Session) -> Result<(), anyhow::Error> {
+        session.channel_failure(id)?;
+        if let Some(pending) = self.channels.get_mut(&id)
+            && !pending.started
+        {
+            pending.requests += 1;
+            if pending.requests > MAX_PENDING_REQUESTS {
+                self.channels.remove(&id);
+                session.close(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `work` as tracked, counted work of this connection.
+    fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        let busy = BusyGuard::new(self.busy.clone());
+        self.shared.tracker.spawn(async move {
+            work.await;
+            drop(busy);
+        });
+    }
+
+    fn actor(&self) -> Actor {
+        self.login
+            .as_ref()
+            .map(|(_, actor)| actor.clone())
+            .unwrap_or_default()
+    }
+}
+
+struct BusyGuard(Arc<AtomicUsize>);
+
+impl BusyGuard {
+    fn new(count: Arc<AtomicUsize>) -> BusyGuard {
+        count.fetch_add(1, Ordering::SeqCst);
+        BusyGuard(count)
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl russh::server::Handler for Connection {
+    type Error = anyhow::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        self.shared.keys.reload_if_changed();
+        let role = Role::for_user(user);
+        if self.shared.keys.is_listed(role, offer.public_key) {
+            Ok(Auth::Accept)
+        } else {
+            tracing::info!(
+                %user,
+                addr = %self.peer,
+                key = %offer.public_key.fingerprint(HashAlg::Sha256),
+                "login refused: key not authorized"
+            );
+            Ok(Auth::reject())
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let role = Role::for_user(user);
+        let fingerprint = key.public_key.fingerprint(HashAlg::Sha256).to_string();
+        let now = common::timefmt::now();
+        match self
+            .shared
+            .keys
+            .check(role, key.public_key, Some(self.peer.ip()), now)
+        {
+            Ok(line) => {
+                tracing::debug!(%user, addr = %self.peer, key = %fingerprint, ?role, line, "login");
+                let actor = Actor {
+                    user: user.to_string(),
+                    key_fingerprint: fingerprint,
+                    remote_addr: self.peer.to_string(),
+                };
+                self.login = Some((role, actor));
+                if let Some(tx) = self.authed_tx.take() {
+                    let _ = tx.send(());
+                }
+                Ok(Auth::Accept)
+            }
+            Err(refusal) => {
+                tracing::info!(%user, addr = %self.peer, key = %fingerprint, "login refused: {refusal}");
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels
+            .retain(|_, c| !c.started || c.channel.is_some());
+        if self.login.is_none() || self.channels.len() >= MAX_CHANNELS {
+            // Dropping `reply` rejects the channel.
+            return Ok(());
+        }
+        self.channels.insert(
+            channel.id(),
+            PendingChannel {
+                channel: Some(channel),
+                pty: None,
+                started: false,
+                requests: 0,
+            },
+        );
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.channels.get_mut(&channel) {
+            Some(pending)
+                if !pending.started
+                    && self
+                        .login
+                        .as_ref()
+                        .is_some_and(|(r, _)| *r == Role::Operator) =>
+            {
+                pending.pty = Some(Pty { cols: col_width });
+                pending.requests += 1;
+                session.channel_success(channel)?;
+                Ok(())
+            }
+            _ => self.refuse(channel, session),
+        }
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Accepted even after the console started (B12): the running shell gets the same
+        // message through its channel and resizes.
+        match self.channels.get_mut(&channel) {
+            Some(pending)
+                if self
+                    .login
+                    .as_ref()
+                    .is_some_and(|(r, _)| *r == Role::Operator) =>
+            {
+                if let Some(pty) = &mut pending.pty {
+                    pty.cols = col_width;
+                }
+                session.channel_success(channel)?;
+                Ok(())
+            }
+            _ => self.refuse(channel, session),
+        }
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.role() != Some(Role::Operator) {
+            return self.refuse(channel, session);
+        }
+        let Some((ch, pty)) = self.start(channel) else {
+            return self.refuse(channel, session);
+        };
+        session.channel_success(channel)?;
+        let (shared, actor) = (self.shared.clone(), self.actor());
+        self.spawn(run_shell(ch, shared, actor, pty));
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // The original refused an empty command (payload not longer than its length prefix).
+        if self.role() != Some(Role::Operator) || data.is_empty() {
+            return self.refuse(channel, session);
+        }
+        let Some((ch, pty)) = self.start(channel) else {
+            return self.refuse(channel, session);
+        };
+        session.channel_success(channel)?;
+        let line = String::from_utf8_lossy(data).into_owned();
+        let (shared, actor) = (self.shared.clone(), self.actor());
+        self.spawn(run_exec(ch, shared, actor, line, pty.is_some()));
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(role) = self.role() else {
+            return self.refuse(channel, session);
+        };
+        if name != "sftp" {
+            return self.refuse(channel, session);
+        }
+        // One SFTP server per channel (B23).
+        let Some((ch, _)) = self.start(channel) else {
+            return self.refuse(channel, session);
+        };
+        session.channel_success(channel)?;
+        let store = self.shared.store.clone();
+        let actor = self.actor();
+        let stream = ch.into_stream();
+        match role {
+            Role::Operator => self.spawn(crate::sftp::operator::serve(stream, store, actor)),
+            Role::Service => self.spawn(crate::sftp::service::serve(stream, store)),
+        }
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(channel, session)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(channel, session)
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        // russh sends the failure reply for `false`.
+        if let Some(pending) = self.channels.get_mut(&channel) {
+            pending.requests += 1;
+        }
+        Ok(false)
+    }
+}
+
+/// Runs one console line off the async threads.
+async fn run_line(shared: &Shared, actor: &Actor, line: String) -> Outcome {
+    let (store, actor) = (shared.store.clone(), actor.clone());
+    match tokio::task::spawn_blocking(move || console::execute(&store, &actor, &line)).await {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            tracing::error!(cause = %err, "console command panicked");
+            Outcome {
+                output: "internal error\n".to_string(),
+                status: 1,
+            }
+        }
+    }
+}
+
+/// Exec mode: run the command, send its output and exit status, EOF, close.
+async fn run_exec(
+    channel: Channel<Msg>,
+    shared: Arc<Shared>,
+    actor: Actor,
+    line: String,
+    pty: bool,
+) {
+    let (mut reader, writer) = channel.split();
+    // Drain what the client sends meanwhile so russh's queue never blocks the session.
+    let drain = tokio::spawn(async move { while reader.wait().await.is_some() {} });
+    let outcome = run_line(&shared, &actor, line).await;
+    let bytes = if pty {
+        shell::crlf(&outcome.output)
+    } else {
+        outcome.output.into_bytes()
+    };
+    let _ = finish(&writer, &bytes, outcome.status).await;
+    drain.abort();
+}
+
+async fn finish(
+    writer: &russh::ChannelWriteHalf<Msg>,
+    output: &[u8],
+    status: u32,
+) -> Result<(), russh::Error> {
+    if !output.is_empty() {
+        writer.data(output).await?;
+    }
+    writer.exit_status(status).await?;
+    writer.eof().await?;
+    writer.close().await
+}
+
+/// Interactive console: line editor over a pty, or one command per LF-terminated line without.
+async fn run_shell(mut channel: Channel<Msg>, shared: Arc<Shared>, actor: Actor, pty: Option<Pty>) {
+    let mut editor = pty.map(|p| Editor::new(p.cols));
+    let mut splitter = LineSplitter::default();
+    let mut out = Vec::new();
+    if let Some(ed) = &mut editor {
+        ed.prompt(&mut out);
+        if channel.data(&out[..]).await.is_err() {
+            return;
+        }
+    }
+    let status = 'session: loop {
+        let msg = tokio::select! {
+            msg = channel.wait() => msg,
+            // Shutdown ends an idle console; a command that has started is not interrupted.
+            () = shared.token.cancelled() => {
+                let _ = channel.data(&b"\r\nserver shutting down\r\n"[..]).await;
+                break 'session 0;
+            }
+        };
+        let lines: Vec<Result<String, Outcome>> = match msg {
+            Some(ChannelMsg::Data { data }) => match &mut editor {
+                Some(ed) => {
+                    out.clear();
+                    let events = ed.feed(&data, &mut out);
+                    if !out.is_empty() && channel.data(&out[..]).await.is_err() {
+                        break 'session 1;
+                    }
+                    let mut lines = Vec::new();
+                    for event in events {
+                        match event {
+                            Event::Line(line) => lines.push(Ok(line)),
+                            Event::Eof => {
+                                lines.push(Err(Outcome {
+                                    output: String::new(),
+                                    status: 0,
+                                }));
+                                break;
+                            }
+                        }
+                    }
+                    lines
+                }
+                None => splitter
+                    .feed(&data, MAX_LINE)
+                    .into_iter()
+                    .map(piped)
+                    .collect(),
+            },
+            Some(ChannelMsg::WindowChange { col_width, .. }) => {
+                if let Some(ed) = &mut editor {
+                    ed.set_width(col_width);
+                }
+                continue;
+            }
+            Some(ChannelMsg::Eof) | None | Some(ChannelMsg::Close) => {
+                if editor.is_none()
+                    && let Some(last) = splitter.finish()
+                {
+                    let _ = run_piped(&mut channel, &shared, &actor, piped(last)).await;
+                }
+                break 'session 0;
+            }
+            Some(_) => continue,
+        };
+        for line in lines {
+            match (&mut editor, line) {
+                // Ctrl-D on an empty line.
+                (Some(_), Err(_)) => break 'session 0,
+                (Some(ed), Ok(line)) => {
+                    out.clear();
+                    if !line.trim().is_empty() {
+                        let outcome = run_line(&shared, &actor, line).await;
+                        out.extend_from_slice(&shell::crlf(&outcome.output));
+                    }
+                    ed.prompt(&mut out);
+                    if channel.data(&out[..]).await.is_err() {
+                        break 'session 1;
+                    }
+                }
+                (None, line) => {
+                    if run_piped(&mut channel, &shared, &actor, line)
+                        .await
+                        .is_err()
+                    {
+                        break 'session 1;
+                    }
+                }
+            }
+        }
+    };
+    let _ = channel.exit_status(status).await;
+    let _ = channel.eof().await;
+    let _ = channel.close().await;
+}
+
+fn piped(p: Piped) -> Result<String, Outcome> {
+    match p {
+        Piped::Line(line) => Ok(line),
+        Piped::TooLong => Err(Outcome {
+            output: format!("command line too long: the limit is {MAX_LINE} bytes\n"),
+            status: 1,
+        }),
+    }
+}
+
+/// One line of piped (non-pty) input: blank lines are skipped, output as in exec mode.
+async fn run_piped(
+    channel: &mut Channel<Msg>,
+    shared: &Shared,
+    actor: &Actor,
+    line: Result<String, Outcome>,
+) -> Result<(), russh::Error> {
+    let outcome = match line {
+        Ok(line) if line.trim().is_empty() => return Ok(()),
+        Ok(line) => run_line(shared, actor, line).await,
+        Err(refused) => refused,
+    };
+    if outcome.output.is_empty() {
+        Ok(())
+    } else {
+        channel.data(outcome.output.as_bytes()).await
+    }
+}
