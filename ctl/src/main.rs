@@ -1,1 +1,115 @@
-fn main() {}
+//! `deployctl`: the operator CLI for deploy-registry (spec section 4).
+//!
+//! Exit codes: 0 ok, 1 runtime or remote failure, 2 usage. Arguments are parsed and validated
+//! locally with the registry's own grammar, then re-quoted (`Command::to_line`), so a value
+//! such as `-name "x -force"` stays one value (fixes spec A10).
+
+mod archive;
+mod cli;
+mod progress;
+mod upload;
+
+use std::io::Write;
+use std::time::Duration;
+
+use cli::{Global, Plan};
+
+/// The original's dial timeout (connect, handshake and auth).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The registry gives this user name the service role; an operator tool must not use it.
+const SERVICE_USER: &str = "deploy-agent";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let plan = cli::plan(&args, &|k| std::env::var(k).ok());
+    let code = match plan {
+        Plan::Exit { code, stderr } => {
+            let _ = std::io::stderr().write_all(stderr.as_bytes());
+            code
+        }
+        plan => match run(plan) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("deployctl: {e:#}");
+                1
+            }
+        },
+    };
+    std::process::exit(code);
+}
+
+fn run(plan: Plan) -> anyhow::Result<i32> {
+    // Checked before the connection: a broken archive is refused before anything is sent
+    // (spec B21).
+    let checked = match &plan {
+        Plan::Upload { file, .. } => Some(upload::check_file(file)?),
+        _ => None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match plan {
+            Plan::Exec { global, line } => {
+                let conn = connect(&global).await?;
+                remote(&conn, &line).await
+            }
+            Plan::Upload {
+                global,
+                name,
+                version,
+                file,
+            } => {
+                let checked =
+                    checked.ok_or_else(|| anyhow::anyhow!("internal: file not checked"))?;
+                let conn = connect(&global).await?;
+                upload::upload(&conn, &file, &checked).await?;
+                let line = common::console::Command::AddVer(common::console::AddVer {
+                    name,
+                    version,
+                    hash: checked.digest.to_hex(),
+                })
+                .to_line();
+                remote(&conn, &line).await
+            }
+            Plan::Exit { code, .. } => Ok(code),
+        }
+    })
+}
+
+/// Runs one console line; output passes through. A remote failure exits 1 without a message
+/// of ours: the registry already said why.
+async fn remote(conn: &client::Connection, line: &str) -> anyhow::Result<i32> {
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let status = conn.exec_to(line, &mut stdout, &mut stderr).await?;
+    Ok(if status == 0 { 0 } else { 1 })
+}
+
+async fn connect(global: &Global) -> anyhow::Result<client::Connection> {
+    let user = std::env::var("USER").unwrap_or_default();
+    if user == SERVICE_USER {
+        anyhow::bail!(
+            "$USER is {SERVICE_USER:?}, the registry's service account; deployctl connects as $USER, so run it as (or set USER to) an operator name"
+        );
+    }
+    let host_check = if global.fingerprints.is_empty() {
+        client::HostCheck::KnownHosts(client::hostkey::default_known_hosts())
+    } else {
+        client::HostCheck::Fingerprints(global.fingerprints.clone())
+    };
+    let identity = match &global.key {
+        Some(k) => client::Identity::KeyFile(k.clone()),
+        None => client::Identity::Agent,
+    };
+    client::Connection::connect(&client::Target {
+        addr: global.addr.clone(),
+        user,
+        host_check,
+        identity,
+        connect_timeout: CONNECT_TIMEOUT,
+    })
+    .await
+}
