@@ -216,6 +216,42 @@ impl<'a> Bucket<'a> {
         Ok(())
     }
 
+    /// True for a bucket stored inside its parent's value.
+    #[cfg(test)]
+    pub fn is_inline(&self) -> bool {
+        matches!(self.root, Root::Inline(_))
+    }
+
+    /// True if any page of this bucket's tree spans overflow pages or is a branch page:
+    /// `(branch pages seen, overflow pages seen)`.
+    #[cfg(test)]
+    pub fn shape(&self) -> Result<(usize, usize)> {
+        fn visit(db: &Db, id: u64, depth: usize, acc: &mut (usize, usize)) -> Result<()> {
+            ensure!(depth < MAX_DEPTH, "too deep");
+            let page = db.page(id)?;
+            if u32_at(page, 12)? > 0 {
+                acc.1 += 1;
+            }
+            if u16_at(page, 8)? & BRANCH != 0 {
+                acc.0 += 1;
+                for i in 0..usize::from(u16_at(page, 10)?) {
+                    visit(
+                        db,
+                        u64_at(page, PAGE_HEADER + i * ELEMENT + 8)?,
+                        depth + 1,
+                        acc,
+                    )?;
+                }
+            }
+            Ok(())
+        }
+        let mut acc = (0, 0);
+        if let Root::Page(id) = self.root {
+            visit(self.db, id, 0, &mut acc)?;
+        }
+        Ok(acc)
+    }
+
     /// The nested bucket `name`, if there is one.
     pub fn bucket(&self, name: &[u8]) -> Result<Option<Bucket<'a>>> {
         let Some(e) = self.entries()?.into_iter().find(|e| e.key == name) else {

@@ -314,6 +314,56 @@ mod tests {
         true
     }
 
+    /// The fixture really exercises what the reader must handle.
+    #[test]
+    fn fixture_has_branch_overflow_and_inline_pages() {
+        let tmp = tempfile::tempdir().unwrap();
+        if !make_state_db(tmp.path()) {
+            return;
+        }
+        let db = super::Db::open(&tmp.path().join("reg/state.db")).unwrap();
+        let root = db.root();
+        let configs = root.bucket(b"configs").unwrap().unwrap();
+        assert!(configs.bucket(b"web").unwrap().unwrap().is_inline());
+        let big = configs.bucket(b"big").unwrap().unwrap();
+        assert!(!big.is_inline());
+        assert!(
+            big.shape().unwrap().1 > 0,
+            "big's JSON spans overflow pages"
+        );
+        let code = root
+            .bucket(b"components")
+            .unwrap()
+            .unwrap()
+            .bucket(b"code")
+            .unwrap()
+            .unwrap();
+        let by_version = code.bucket(b"byVersion").unwrap().unwrap();
+        assert!(
+            by_version.shape().unwrap().0 > 0,
+            "300 versions need branch pages"
+        );
+        assert_eq!(by_version.entries().unwrap().len(), 300);
+        let empty = root
+            .bucket(b"components")
+            .unwrap()
+            .unwrap()
+            .bucket(b"empty")
+            .unwrap()
+            .unwrap();
+        assert!(empty.bucket(b"byTime").unwrap().unwrap().is_inline());
+        assert!(
+            empty
+                .bucket(b"byTime")
+                .unwrap()
+                .unwrap()
+                .entries()
+                .unwrap()
+                .is_empty()
+        );
+        assert!(root.bucket(b"nope").unwrap().is_none());
+    }
+
     fn sha(data: &[u8]) -> String {
         hex::encode(Sha256::digest(data))
     }
