@@ -876,3 +876,11 @@ fn internal_errors_do_not_leak_paths() {
     ));
     assert_eq!(e.to_string(), "internal error");
 }
+
+#[test]
+fn handles_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Store>();
+    send::<Upload>();
+}

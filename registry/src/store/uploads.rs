@@ -80,6 +80,8 @@ impl Upload {
         self.file
             .sync_all()
             .ctx(|| format!("fsync of {}", path.display()))?;
+        // The file's directory entry too: a registered upload must survive a power loss.
+        super::sync_dir(&self.inner.uploads)?;
         let hash = hex::encode(digest.0);
         let store = Store {
             inner: Arc::clone(&self.inner),
