@@ -37,7 +37,10 @@ fn cells(seg: &str) -> Vec<Vec<Cell<'_>>> {
         if matches!(ch, '\t' | '\u{b}' | '\n' | '\u{c}') {
             let text = &seg[start..i];
             if let Some(line) = lines.last_mut() {
-                line.push(Cell { text, width: text.chars().count() });
+                line.push(Cell {
+                    text,
+                    width: text.chars().count(),
+                });
             }
             start = i + ch.len_utf8();
             if matches!(ch, '\n' | '\u{c}') {
@@ -48,14 +51,23 @@ fn cells(seg: &str) -> Vec<Vec<Cell<'_>>> {
     if start < seg.len() {
         let text = &seg[start..];
         if let Some(line) = lines.last_mut() {
-            line.push(Cell { text, width: text.chars().count() });
+            line.push(Cell {
+                text,
+                width: text.chars().count(),
+            });
         }
     }
     lines
 }
 
 /// Go's `Writer.format`: `widths` holds the widths of the columns left of the one examined.
-fn format_block(out: &mut String, lines: &[Vec<Cell<'_>>], widths: &mut Vec<usize>, line0: usize, line1: usize) {
+fn format_block(
+    out: &mut String,
+    lines: &[Vec<Cell<'_>>],
+    widths: &mut Vec<usize>,
+    line0: usize,
+    line1: usize,
+) {
     let column = widths.len();
     let mut line0 = line0;
     let mut this = line0;
@@ -80,7 +92,13 @@ fn format_block(out: &mut String, lines: &[Vec<Cell<'_>>], widths: &mut Vec<usiz
     write_lines(out, lines, widths, line0, line1);
 }
 
-fn write_lines(out: &mut String, lines: &[Vec<Cell<'_>>], widths: &[usize], line0: usize, line1: usize) {
+fn write_lines(
+    out: &mut String,
+    lines: &[Vec<Cell<'_>>],
+    widths: &[usize],
+    line0: usize,
+    line1: usize,
+) {
     for (i, line) in lines.iter().enumerate().take(line1).skip(line0) {
         for (j, c) in line.iter().enumerate() {
             out.push_str(c.text);
@@ -110,7 +128,10 @@ mod tests {
     #[test]
     fn showcomp_rows_as_observed() {
         let text = "2026-11-22T07:26:19Z\tv01\t\n2026-11-22T07:26:24Z\tv01-again\t\n";
-        assert_eq!(format(text), "2026-11-22T07:26:19Z   v01         \n2026-11-22T07:26:24Z   v01-again   \n");
+        assert_eq!(
+            format(text),
+            "2026-11-22T07:26:19Z   v01         \n2026-11-22T07:26:24Z   v01-again   \n"
+        );
     }
 
     #[test]
@@ -135,14 +156,20 @@ mod tests {
 
     #[test]
     fn lines_without_tabs_split_blocks() {
-        assert_eq!(format("a\tb\t\nplain\nlonger\tc\t\n"), "a   b   \nplain\nlonger   c   \n");
+        assert_eq!(
+            format("a\tb\t\nplain\nlonger\tc\t\n"),
+            "a   b   \nplain\nlonger   c   \n"
+        );
     }
 
     #[test]
     fn column_blocks_are_per_column() {
         // Column 0 spans all three lines; column 1 exists only in the first two.
         let text = "a\tbbbbbb\tx\nccc\td\ty\neeeee\tz\n";
-        assert_eq!(format(text), "a       bbbbbb   x\nccc     d        y\neeeee   z\n");
+        assert_eq!(
+            format(text),
+            "a       bbbbbb   x\nccc     d        y\neeeee   z\n"
+        );
     }
 
     #[test]
@@ -164,6 +191,9 @@ mod tests {
 
     #[test]
     fn vertical_tab_ends_a_cell() {
-        assert_eq!(format("a\u{b}b\t\nccc\u{b}d\t\n"), "a     b   \nccc   d   \n");
+        assert_eq!(
+            format("a\u{b}b\t\nccc\u{b}d\t\n"),
+            "a     b   \nccc   d   \n"
+        );
     }
 }
