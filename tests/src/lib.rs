@@ -429,6 +429,8 @@ pub struct Registry {
     pub keys: Keys,
     extra: Vec<String>,
     child: Option<Child>,
+    /// Exit status of the last run, once reaped.
+    exited: Option<ExitStatus>,
     /// Where the current run's output starts in `registry.log` (restarts append).
     log_start: u64,
     fingerprint: String,
@@ -483,6 +485,7 @@ impl Registry {
             keys,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
+            exited: None,
             log_start: 0,
             fingerprint: String::new(),
         };
@@ -599,11 +602,17 @@ impl Registry {
         self.child.as_ref().expect("registry not running").id()
     }
 
-    /// Whether the process is still alive.
+    /// Whether the process is still alive (if it exited, its status is kept for
+    /// [`Registry::wait_exit`]).
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => c.try_wait().ok().flatten().is_none(),
-            None => false,
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(Ok(Some(status))) => {
+                self.exited = Some(status);
+                self.child = None;
+                false
+            }
+            Some(Err(_)) | None => false,
         }
     }
 
@@ -616,27 +625,24 @@ impl Registry {
         assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
     }
 
-    /// SIGTERM, then waits (at most 60 s) and returns the exit status.
-    pub fn stop(&mut self) -> ExitStatus {
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let child = self.child.as_mut().expect("registry not running");
-        loop {
-            if let Some(st) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return st;
-            }
+    /// Waits (at most `secs`) for the registry to exit on its own, e.g. after a signal sent
+    /// with [`Registry::signal`], and returns its exit status; kills it and panics on timeout.
+    pub fn wait_exit(&mut self, secs: u64) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.is_running() {
             if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                self.child = None;
-                panic!(
-                    "registry did not exit within 60 s of SIGTERM\n{}",
-                    self.log()
-                );
+                self.kill9();
+                panic!("registry did not exit within {secs} s\n{}", self.log());
             }
             thread::sleep(Duration::from_millis(20));
         }
+        self.exited.take().expect("registry was not started")
+    }
+
+    /// SIGTERM, then waits (at most 60 s) and returns the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(60)
     }
 
     /// SIGKILL and reap: a crash at an arbitrary moment.

@@ -1,0 +1,377 @@
+//! Who may do what (spec 1.5, 1.6, fixed per 8.A6/A9): operator and service roles chosen by
+//! user name and key file, public-key auth only, no forwarding, key files reloaded on SIGHUP,
+//! comments allowed, `from=` enforced.
+
+use std::fs;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use e2e::{Keys, Registry, add_version, free_port, tar_gz};
+
+const DENIED: &str = "Permission denied (publickey)";
+
+#[test]
+fn service_key_cannot_run_the_console() {
+    let reg = Registry::start();
+    let out = reg.ssh_as("deploy-agent", &reg.keys.service, "components");
+    out.assert_fail();
+    out.assert_stderr_contains("exec request failed on channel 0");
+    assert!(out.stdout.is_empty(), "{out}");
+    // Nor a shell.
+    let out = reg.ssh_raw(
+        "deploy-agent",
+        &reg.keys.service,
+        &["-T"],
+        None,
+        Some(b"components\n"),
+    );
+    out.assert_fail();
+    assert!(!out.stdout_str().contains("Unknown command"), "{out}");
+}
+
+#[test]
+fn service_key_cannot_write_over_sftp() {
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("x.tar.gz");
+    fs::write(&f, tar_gz(&[("a", b"a")])).unwrap();
+    let out = reg.sftp_service(&format!("put {} /x.tar.gz\n", f.display()));
+    out.assert_fail();
+    out.assert_stderr_contains("Permission denied");
+    for cmd in [
+        "mkdir /files/d",
+        "rm /files/x",
+        "rename /configs /c2",
+        "symlink /etc/passwd /files/p",
+    ] {
+        let out = reg.sftp_service(&format!("{cmd}\n"));
+        out.assert_fail();
+    }
+    // It reads fine (the listing works once something is stored).
+    add_version(&reg, "code", "v01", &tar_gz(&[("a", b"a")]));
+    reg.sftp_service("ls /files\n").assert_ok();
+}
+
+#[test]
+fn operator_sftp_is_upload_only() {
+    let reg = Registry::start();
+    add_version(&reg, "code", "v01", &tar_gz(&[("a", b"a")]));
+    let dir = tempfile::tempdir().unwrap();
+    let out = reg.sftp_op(&format!(
+        "get /files/whatever {}/got\n",
+        dir.path().display()
+    ));
+    out.assert_fail();
+    let out = reg.sftp_op("ls /\n");
+    out.assert_fail();
+    out.assert_stderr_contains("Permission denied");
+}
+
+#[test]
+fn role_is_chosen_by_user_name_and_key_file() {
+    let reg = Registry::start();
+    // Operator key as the service user: not in service.keys.
+    let out = reg.ssh_as("deploy-agent", &reg.keys.operator, "components");
+    out.assert_code(255);
+    out.assert_stderr_contains(DENIED);
+    let out = reg.sftp("deploy-agent", &reg.keys.operator, "ls /\n");
+    out.assert_fail();
+    out.assert_stderr_contains(DENIED);
+    // Service key as any other user: not in operator.keys.
+    for user in ["op", "root", "deploy-agentx", "Deploy-Agent"] {
+        let out = reg.ssh_as(user, &reg.keys.service, "components");
+        out.assert_code(255);
+        out.assert_stderr_contains(DENIED);
+    }
+    // Any user name other than deploy-agent is an operator.
+    for user in ["op", "root", "alice"] {
+        reg.ssh_as(user, &reg.keys.operator, "components")
+            .assert_ok();
+    }
+}
+
+#[test]
+fn same_key_in_both_files_takes_the_role_of_the_user_name() {
+    let keys = Keys::new();
+    let both = keys.extra("both");
+    let line = keys.public(&both);
+    fs::write(
+        &keys.operator_keys,
+        format!("{}{line}", keys.public(&keys.operator)),
+    )
+    .unwrap();
+    fs::write(
+        &keys.service_keys,
+        format!("{}{line}", keys.public(&keys.service)),
+    )
+    .unwrap();
+    let reg = Registry::start_in(None, keys, &[]);
+    reg.ssh_as("op", &both, "components").assert_ok();
+    reg.ssh_as("deploy-agent", &both, "components")
+        .assert_fail()
+        .assert_stderr_contains("exec request failed");
+}
+
+#[test]
+fn unknown_key_is_refused() {
+    let reg = Registry::start();
+    for user in ["op", "deploy-agent", "nobody"] {
+        let out = reg.ssh_as(user, &reg.keys.stranger, "components");
+        out.assert_code(255);
+        out.assert_stderr_contains(DENIED);
+        assert!(out.stdout.is_empty());
+    }
+    // The registry keeps serving.
+    reg.ssh("components").assert_ok();
+}
+
+#[test]
+fn only_publickey_auth_is_offered() {
+    let reg = Registry::start();
+    let mut c = Command::new("ssh");
+    c.arg("-p")
+        .arg(reg.port.to_string())
+        .args([
+            "-F",
+            "/dev/null",
+            "-v",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+        ])
+        .args([
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=10",
+        ])
+        .arg("-i")
+        .arg(&reg.keys.stranger)
+        .arg("op@127.0.0.1")
+        .arg("components");
+    let out = e2e::run(&mut c, None);
+    out.assert_code(255);
+    let err = out.stderr_str();
+    let methods: Vec<&str> = err
+        .lines()
+        .filter_map(|l| {
+            l.split_once("Authentications that can continue: ")
+                .map(|(_, m)| m.trim())
+        })
+        .collect();
+    assert!(
+        !methods.is_empty(),
+        "no auth method list in ssh -v output:\n{out}"
+    );
+    assert!(
+        methods.iter().all(|m| *m == "publickey"),
+        "methods offered: {methods:?}"
+    );
+    // Asking for password or keyboard-interactive explicitly gets nowhere either.
+    let mut c = reg.ssh_cmd(&reg.keys.stranger);
+    c.args([
+        "-o",
+        "PreferredAuthentications=password,keyboard-interactive",
+    ])
+    .arg(reg.dest("op"))
+    .arg("components");
+    let out = e2e::run(&mut c, None);
+    out.assert_code(255);
+    assert!(out.stderr_str().contains("Permission denied"), "{out}");
+}
+
+#[test]
+fn port_forwarding_is_refused() {
+    let reg = Registry::start();
+    // A target that would answer if a forward ever reached it.
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_port = target.local_addr().unwrap().port();
+    target.set_nonblocking(true).unwrap();
+
+    // Stdio forwarding (-W) opens a direct-tcpip channel: refused.
+    let mut c = reg.ssh_cmd(&reg.keys.operator);
+    c.arg("-W")
+        .arg(format!("127.0.0.1:{target_port}"))
+        .arg(reg.dest("op"));
+    let out = e2e::run(&mut c, Some(b"hello"));
+    out.assert_fail();
+    assert!(out.stdout.is_empty(), "{out}");
+
+    // Remote forwarding (-R) is a global request: refused.
+    let mut c = reg.ssh_cmd(&reg.keys.operator);
+    c.args(["-N", "-o", "ExitOnForwardFailure=yes", "-R"])
+        .arg(format!("0:127.0.0.1:{target_port}"))
+        .arg(reg.dest("op"));
+    let out = e2e::run(&mut c, None);
+    out.assert_fail();
+    out.assert_stderr_contains("remote port forwarding failed");
+
+    // Local forwarding (-L): ssh listens, but the channel it opens per connection is refused,
+    // so the local connection is closed without reaching the target.
+    let lport = free_port();
+    let mut c = reg.ssh_cmd(&reg.keys.operator);
+    c.arg("-N")
+        .arg("-L")
+        .arg(format!("{lport}:127.0.0.1:{target_port}"))
+        .arg(reg.dest("op"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let guard = KillOnDrop(&mut child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut conn = loop {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", lport)) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ssh -L never listened on {lport}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = conn.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "forwarded connection should be closed, got data");
+    thread::sleep(Duration::from_millis(200));
+    assert!(target.accept().is_err(), "the forward reached the target");
+    drop(guard);
+    // The registry still serves.
+    reg.ssh("components").assert_ok();
+}
+
+struct KillOnDrop<'a>(&'a mut std::process::Child);
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Retries `f` until it returns true, for up to 15 s (a reload is asynchronous).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn key_files_are_reloaded_on_sighup() {
+    let mut reg = Registry::start();
+    let newkey = reg.keys.extra("newcomer");
+    let newpub = reg.keys.public(&newkey);
+    let oppub = reg.keys.public(&reg.keys.operator);
+    reg.ssh_as("op", &newkey, "components").assert_code(255);
+
+    fs::write(&reg.keys.operator_keys, format!("{oppub}{newpub}")).unwrap();
+    reg.signal(libc::SIGHUP);
+    eventually("new key accepted after SIGHUP", || {
+        reg.ssh_as("op", &newkey, "components").ok()
+    });
+    reg.ssh("components").assert_ok();
+
+    // Revoke the old operator key.
+    fs::write(&reg.keys.operator_keys, &newpub).unwrap();
+    reg.signal(libc::SIGHUP);
+    eventually("old key refused after SIGHUP", || {
+        reg.ssh("components").code() == Some(255)
+    });
+    reg.ssh_as("op", &newkey, "components").assert_ok();
+
+    // Service keys too.
+    let agentpub = reg.keys.public(&reg.keys.service);
+    fs::write(&reg.keys.service_keys, &newpub).unwrap();
+    reg.signal(libc::SIGHUP);
+    eventually("service key revoked", || {
+        reg.sftp_service("pwd\n").code() == Some(255)
+    });
+    reg.sftp("deploy-agent", &newkey, "pwd\n").assert_ok();
+
+    // A broken file on reload keeps the keys in force (and the server running).
+    fs::write(&reg.keys.operator_keys, "this is not a key\n").unwrap();
+    reg.signal(libc::SIGHUP);
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        reg.is_running(),
+        "registry died on a bad reload:\n{}",
+        reg.log()
+    );
+    reg.ssh_as("op", &newkey, "components").assert_ok();
+    fs::write(&reg.keys.service_keys, &agentpub).unwrap();
+    assert!(reg.is_running());
+}
+
+#[test]
+fn comments_and_blank_lines_in_key_files_are_accepted() {
+    let keys = Keys::new();
+    let op = keys.public(&keys.operator);
+    let srv = keys.public(&keys.service);
+    fs::write(
+        &keys.operator_keys,
+        format!("# operators\n\n   \n{op}\n# end\n"),
+    )
+    .unwrap();
+    fs::write(
+        &keys.service_keys,
+        format!("\n# agents\n{}", srv.trim_end()),
+    )
+    .unwrap();
+    let reg = Registry::start_in(None, keys, &[]);
+    reg.ssh("components").assert_ok();
+    reg.sftp_service("pwd\n").assert_ok();
+}
+
+#[test]
+fn key_file_without_keys_is_refused_at_start() {
+    let keys = Keys::new();
+    fs::write(&keys.operator_keys, "# nobody\n\n").unwrap();
+    let path = keys.operator_keys.display().to_string();
+    let err = match Registry::try_start_in(None, keys, &[]) {
+        Ok(_) => panic!("registry started with an empty operator key file"),
+        Err(e) => e,
+    };
+    assert!(err.status.is_some_and(|s| !s.success()), "{err:?}");
+    assert!(
+        err.log.contains(&path),
+        "the error should name the file:\n{}",
+        err.log
+    );
+}
+
+#[test]
+fn from_option_is_enforced() {
+    let keys = Keys::new();
+    let far = keys.extra("far");
+    let near = keys.extra("near");
+    let pattern = keys.extra("pattern");
+    let negated = keys.extra("negated");
+    let lines = format!(
+        "{}from=\"10.0.0.1\" {}from=\"127.0.0.1\" {}from=\"10.*,127.0.0.?\" {}from=\"!127.0.0.1,*\" {}",
+        keys.public(&keys.operator),
+        keys.public(&far),
+        keys.public(&near),
+        keys.public(&pattern),
+        keys.public(&negated)
+    );
+    fs::write(&keys.operator_keys, lines).unwrap();
+    let reg = Registry::start_in(None, keys, &[]);
+    reg.ssh("components").assert_ok();
+    reg.ssh_as("op", &near, "components").assert_ok();
+    reg.ssh_as("op", &pattern, "components").assert_ok();
+    let out = reg.ssh_as("op", &far, "components");
+    out.assert_code(255);
+    out.assert_stderr_contains(DENIED);
+    let out = reg.ssh_as("op", &negated, "components");
+    out.assert_code(255);
+    out.assert_stderr_contains(DENIED);
+}
