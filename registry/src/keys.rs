@@ -43,7 +43,7 @@ pub struct AuthorizedKey {
 /// Why a key file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
-    #[error("reading {path:?}: {source}")]
+    #[error("reading {path:?}")]
     Read {
         path: PathBuf,
         #[source]

@@ -58,9 +58,11 @@ fn main() -> ExitCode {
 fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if json {
         builder.json().init();
     } else {
@@ -94,6 +96,7 @@ async fn run(options: cli::Options) -> anyhow::Result<ExitCode> {
     let host_key = hostkey::load_or_create(&options.dir)?;
     tracing::info!("host key fingerprint: {}", hostkey::fingerprint(&host_key));
     let store = store::Store::open(&options.dir, store_options)?;
+    tracing::info!(dir = %store.dir().display(), "data directory open");
 
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();

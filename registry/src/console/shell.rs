@@ -143,12 +143,10 @@ impl Editor {
                     }
                     self.delete_forward(out);
                 }
-                0x08 | 0x7f => {
-                    if self.pos > 0 {
-                        self.pos -= 1;
-                        self.line.remove(self.pos);
-                        self.redraw(out);
-                    }
+                0x08 | 0x7f if self.pos > 0 => {
+                    self.pos -= 1;
+                    self.line.remove(self.pos);
+                    self.redraw(out);
                 }
                 0x0b => {
                     self.line.truncate(self.pos);
@@ -325,7 +323,7 @@ impl Editor {
         out.extend_from_slice(text.as_bytes());
         out.extend_from_slice(b"\x1b[J");
         let end = PROMPT_WIDTH + self.line.len();
-        if end % self.width == 0 {
+        if end.is_multiple_of(self.width) {
             // Terminals defer the wrap at the last column; force the cursor onto the next row.
             out.extend_from_slice(b"\r\n");
         }
