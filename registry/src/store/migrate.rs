@@ -362,6 +362,45 @@ mod tests {
                 .is_empty()
         );
         assert!(root.bucket(b"nope").unwrap().is_none());
+
+        // The current meta page is the valid one with the higher txid. Damage it and the
+        // reader falls back to the other one: the state before the fixture's only write
+        // transaction, an empty root.
+        let mut data = std::fs::read(tmp.path().join("reg/state.db")).unwrap();
+        let (newest, other) = {
+            let txid = |at: usize| {
+                u64::from_le_bytes(data[at + 16 + 48..at + 16 + 56].try_into().unwrap())
+            };
+            if txid(0) > txid(4096) {
+                (0, 4096)
+            } else {
+                (4096, 0)
+            }
+        };
+        assert!(!db.root().entries().unwrap().is_empty());
+        data[newest + 16 + 20] ^= 0xff; // inside the meta, covered by the checksum
+        let older = super::Db::from_bytes(data.clone()).expect("falls back to the other meta page");
+        assert!(older.root().entries().unwrap().is_empty());
+        data[other + 16 + 20] ^= 0xff;
+        assert!(super::Db::from_bytes(data).is_err(), "no valid meta page");
+    }
+
+    #[test]
+    fn a_damaged_state_db_stops_the_open_and_imports_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("state.db"), vec![0x5a; 16384]).unwrap();
+        let err = Store::open(tmp.path(), Options::default())
+            .err()
+            .expect("refused");
+        assert!(matches!(err, super::super::StoreError::Internal(_)));
+        assert!(
+            !tmp.path().join("registry.sqlite3").exists(),
+            "the next start tries again"
+        );
+        assert_eq!(
+            std::fs::read(tmp.path().join("state.db")).unwrap(),
+            vec![0x5a; 16384]
+        );
     }
 
     fn sha(data: &[u8]) -> String {
@@ -375,6 +414,8 @@ mod tests {
             return;
         }
         let dir = tmp.path().join("reg");
+        // Leftover of an import interrupted by a crash: discarded, the import starts over.
+        std::fs::write(dir.join("registry.sqlite3.import"), b"half-written").unwrap();
         let state_before = std::fs::read(dir.join("state.db")).unwrap();
         let store = Store::open(&dir, Options::default()).expect("open imports");
         assert_eq!(
