@@ -3,8 +3,20 @@
 //!
 //! # Layout
 //!
+//! - [`cli`]: flags (the original's, Go style, plus ours).
+//! - [`agent`]: the poll loop and one cycle: Source → LayerCache → Unpacker → Activator → State.
+//! - [`registry_source`]: `configs/<name>.json` and `files/<hash>` over one kept SSH connection.
 //! - [`cache`]: `cache/<sha256>` blobs, verified, resumable, cleaned by reachability.
 //! - [`unpack`]: layers → `unpacked/<id>` (safe extraction, staging, durability).
+//! - [`script`]: the deploy script contract (environment, timeout, process group, logged output).
+//! - [`activate`]: the `current` symlink and `-cleanold`.
+//! - [`state`]: the state file, written atomically and durably.
 
+pub mod activate;
+pub mod agent;
 pub mod cache;
+pub mod cli;
+pub mod registry_source;
+pub mod script;
+pub mod state;
 pub mod unpack;

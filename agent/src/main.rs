@@ -1,1 +1,176 @@
-fn main() {}
+//! deploy-agent: see the crate docs of `agent` and spec/deploy-tools.md section 3.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use agent::agent::Agent;
+use agent::cli::{self, LogFormat, Options, Parse};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::FormatTime;
+
+/// Go's `log.LstdFlags` prefix, `2026/11/22 07:26:29`, in UTC.
+struct LstdTime;
+
+impl FormatTime for LstdTime {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        let t = common::timefmt::now();
+        write!(
+            w,
+            "{:04}/{:02}/{:02} {:02}:{:02}:{:02}",
+            t.year(),
+            t.month() as u8,
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
+    }
+}
+
+fn init_logging(opts: &Options) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&opts.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match opts.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_timer(LstdTime)
+            .with_target(false)
+            .with_level(false)
+            .with_ansi(false)
+            .init(),
+    }
+}
+
+/// `log.Fatal`: one line, exit 1.
+fn fatal(msg: impl std::fmt::Display) -> ExitCode {
+    tracing::error!("{msg}");
+    ExitCode::from(1)
+}
+
+/// Go's text for an errno: `no such file or directory`.
+fn go_errno(e: &std::io::Error) -> String {
+    let msg = e.to_string();
+    let msg = msg.split(" (os error").next().unwrap_or(&msg).to_string();
+    let mut c = msg.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
+        None => msg,
+    }
+}
+
+/// Spec 3.2 step 3: a non-blocking exclusive flock on the directory, held for the whole run.
+fn lock_dir(dir: &Path) -> Result<OwnedFd, String> {
+    let quoted = common::gostr::quote(&dir.to_string_lossy());
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| {
+        format!(
+            "cannot acquire exclusive lock on {quoted}: {}",
+            go_errno(&e.into())
+        )
+    })?;
+    rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|e| {
+        format!(
+            "cannot acquire exclusive lock on {quoted}: {}",
+            go_errno(&e.into())
+        )
+    })?;
+    Ok(fd)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match cli::parse(&args) {
+        Parse::Run(o) => *o,
+        Parse::Exit(msg, code) => {
+            eprint!("{msg}");
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(&opts);
+
+    if opts.name.is_empty() {
+        return fatal("empty configuration name");
+    }
+    if opts.state.as_os_str().is_empty() {
+        return fatal("no state file set");
+    }
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        if let Err(e) = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&opts.dir)
+        {
+            return fatal(format!("mkdir {}: {}", opts.dir.display(), go_errno(&e)));
+        }
+    }
+    let _lock = match lock_dir(&opts.dir) {
+        Ok(fd) => fd,
+        Err(msg) => return fatal(msg),
+    };
+    let host_check = match &opts.known_hosts {
+        Some(path) => client::HostCheck::KnownHosts(path.clone()),
+        None => {
+            if opts.fingerprints.is_empty()
+                || !opts.fingerprints.iter().all(|f| f.starts_with("SHA256:"))
+            {
+                return fatal("invalid server key fingerprint, expecting SHA256 fingerprint");
+            }
+            client::HostCheck::Fingerprints(opts.fingerprints.clone())
+        }
+    };
+    if let Err(e) = std::fs::read(&opts.key) {
+        return fatal(format!("open {}: {}", opts.key.display(), go_errno(&e)));
+    }
+    let target = client::Target {
+        addr: opts.addr.clone(),
+        user: "deploy-agent".into(),
+        host_check,
+        identity: client::Identity::KeyFile(opts.key.clone()),
+        connect_timeout: Duration::from_secs(30),
+    };
+
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fatal(format!("cannot start the runtime: {e}")),
+    };
+    let ok = rt.block_on(async move {
+        let cancel = CancellationToken::new();
+        let signals = cancel.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => tracing::info!("interrupt"),
+                _ = term.recv() => tracing::info!("terminated"),
+            }
+            signals.cancel();
+        });
+        Agent::new(opts, target, cancel).run().await
+    });
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,158 @@
+//! The deploy-registry as a source: `configs/<name>.json` says what should run, `files/<hash>`
+//! gives the layer bytes. One SSH connection is kept across polls and re-made (with
+//! exponential backoff and jitter) when it drops (deploy-tools B18).
+
+use std::time::Duration;
+
+use russh_sftp::client::SftpSession;
+use russh_sftp::protocol::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::cache::{BlobReader, LayerSource};
+
+/// A configuration larger than this is not a configuration.
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+pub struct RegistrySource {
+    target: client::Target,
+    io_timeout: Duration,
+    conn: Option<(client::Connection, SftpSession)>,
+    /// Consecutive failed connects, for the backoff.
+    failures: u32,
+}
+
+impl RegistrySource {
+    pub fn new(target: client::Target, io_timeout: Duration) -> RegistrySource {
+        RegistrySource {
+            target,
+            io_timeout,
+            conn: None,
+            failures: 0,
+        }
+    }
+
+    /// How long to wait before the next connect attempt after failures: 1 s doubling to 60 s,
+    /// ±20 % jitter so that a fleet does not reconnect in step. `None` when connected.
+    pub fn reconnect_delay(&self) -> Option<Duration> {
+        if self.failures == 0 {
+            return None;
+        }
+        let base =
+            Duration::from_secs(1u64 << (self.failures - 1).min(6)).min(Duration::from_secs(60));
+        Some(base.mul_f64(rand::random_range(0.8..1.2)))
+    }
+
+    async fn session(&mut self) -> anyhow::Result<&SftpSession> {
+        if self.conn.as_ref().is_some_and(|(c, _)| c.is_closed()) {
+            tracing::info!(addr = %self.target.addr, "connection to the registry was closed, reconnecting");
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let made = async {
+                let conn = client::Connection::connect(&self.target).await?;
+                let sftp = tokio::time::timeout(self.io_timeout, conn.sftp())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("opening the sftp session timed out"))??;
+                anyhow::Ok((conn, sftp))
+            }
+            .await;
+            match made {
+                Ok(c) => {
+                    self.failures = 0;
+                    self.conn = Some(c);
+                }
+                Err(e) => {
+                    self.failures = self.failures.saturating_add(1);
+                    return Err(e);
+                }
+            }
+        }
+        match &self.conn {
+            Some((_, sftp)) => Ok(sftp),
+            None => anyhow::bail!("not connected"),
+        }
+    }
+
+    /// Drops the connection after an error on it, so the next use reconnects.
+    pub fn reset(&mut self) {
+        if self.conn.take().is_some() {
+            self.failures = self.failures.saturating_add(1);
+        }
+    }
+
+    /// Reads `configs/<name>.json`. A missing configuration is `file does not exist`, as the
+    /// original logged it.
+    pub async fn fetch_config(&mut self, name: &str) -> anyhow::Result<Vec<u8>> {
+        let timeout = self.io_timeout;
+        let sftp = self.session().await?;
+        let path = format!("configs/{name}.json");
+        let read = async {
+            let mut f = sftp.open(path).await.map_err(sftp_error)?;
+            let mut buf = Vec::new();
+            (&mut f)
+                .take(MAX_CONFIG_BYTES + 1)
+                .read_to_end(&mut buf)
+                .await?;
+            if buf.len() as u64 > MAX_CONFIG_BYTES {
+                anyhow::bail!("configuration is larger than {MAX_CONFIG_BYTES} bytes");
+            }
+            anyhow::Ok(buf)
+        };
+        let res = match tokio::time::timeout(timeout, read).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!(
+                "no answer from the registry for {}s",
+                timeout.as_secs()
+            )),
+        };
+        if let Err(e) = &res
+            && !is_not_found(e)
+        {
+            self.reset();
+        }
+        res
+    }
+
+    /// A handle to fetch blobs with while connected.
+    pub async fn blobs(&mut self) -> anyhow::Result<Blobs<'_>> {
+        let sftp = self.session().await?;
+        Ok(Blobs { sftp })
+    }
+}
+
+/// Blob access over the current SFTP session.
+pub struct Blobs<'a> {
+    sftp: &'a SftpSession,
+}
+
+impl LayerSource for Blobs<'_> {
+    async fn open_blob(&self, hash: &str, offset: u64) -> anyhow::Result<BlobReader> {
+        // Never the JSON's `File`: only the content address (deploy-tools A13).
+        let mut f = self
+            .sftp
+            .open(format!("files/{hash}"))
+            .await
+            .map_err(sftp_error)?;
+        if offset > 0 {
+            f.seek(std::io::SeekFrom::Start(offset)).await?;
+        }
+        Ok(Box::pin(f))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("file does not exist")]
+pub struct NotFound;
+
+fn sftp_error(e: russh_sftp::client::error::Error) -> anyhow::Error {
+    match &e {
+        russh_sftp::client::error::Error::Status(s) if s.status_code == StatusCode::NoSuchFile => {
+            NotFound.into()
+        }
+        _ => e.into(),
+    }
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<NotFound>().is_some()
+}
