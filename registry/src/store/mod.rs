@@ -1,13 +1,17 @@
 //! The registry's storage: metadata in SQLite (`<dir>/registry.sqlite3`), immutable blobs in
 //! `<dir>/files/<sha256>`, durable uploads in `<dir>/uploads/`.
 //!
-//! Order of writes, so that `kill -9` at any moment leaves no dangling reference and no orphan
-//! that is never collected:
-//! - an upload is written to `uploads/`, fsynced, then recorded (hash → path) in the DB;
-//! - `addver` links/renames the upload into `files/<hash>` and fsyncs `files/` *before* the
-//!   transaction that references it; a blob on disk without a reference is collected by GC,
-//!   a reference is never written for a blob that is not durable;
-//! - GC deletes a blob only in the same transaction that proves it unreferenced.
+//! Order of writes, so that `kill -9` or a power loss at any moment leaves no dangling
+//! reference and no orphan that is never collected:
+//! - an upload is written to `uploads/`, fsynced (file and directory), then recorded
+//!   (hash → file) in the DB; an unrecorded file is removed by upload expiry after the TTL;
+//! - `addver` checks the version first (so `already exists` leaves the upload pending, spec
+//!   B1), renames the upload to `files/<hash>`, fsyncs `files/` *before* the transaction that
+//!   references it and drops the upload row; a blob on disk without a row (a crash after the
+//!   rename) is collected by GC, and a reference is never written for a blob that is not
+//!   durable;
+//! - GC deletes a blob inside the transaction that proves it unreferenced; a crash after the
+//!   unlink leaves a row without a file, which is never served and is dropped by the next GC.
 //!
 //! All methods are synchronous (SQLite); the async server calls them from `spawn_blocking`.
 //! Error texts are deploy-tools' (spec 1.8), word for word.
