@@ -18,11 +18,10 @@ pub fn size(n: u64) -> String {
 
 /// One progress line (without the leading `\r`): `  1.50MB/2.00MB  75%  12.3 MB/s`.
 pub fn line(done: u64, total: u64, elapsed: Duration) -> String {
-    let pct = if total == 0 {
-        100
-    } else {
-        (done.saturating_mul(100) / total).min(100)
-    };
+    let pct = done
+        .saturating_mul(100)
+        .checked_div(total)
+        .map_or(100, |p| p.min(100));
     let secs = elapsed.as_secs_f64();
     let rate = if secs > 0.0 {
         done as f64 / secs / 1e6
