@@ -884,3 +884,60 @@ fn handles_cross_threads() {
     send_sync::<Store>();
     send::<Upload>();
 }
+
+#[test]
+fn sequential_upload_is_not_reread() {
+    // The hash comes from the bytes as they were written: content changed on disk behind the
+    // upload's back does not show, which proves finish did not read the file again.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path());
+    let mut up = store.begin_upload().unwrap();
+    up.write_at(0, b"as written").unwrap();
+    let path = std::fs::read_dir(tmp.path().join("uploads"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(&path, b"AS WRITTEN").unwrap();
+    let (d, _) = up.finish().unwrap();
+    assert_eq!(hex::encode(d.0), sha(b"as written"));
+}
+
+#[test]
+fn gc_racing_add_version_never_loses_a_referenced_blob() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path());
+    let h = with_versions(&store, "c", &[("base", b"content")]).remove(0);
+    store.del_ver("c", "base", &actor("op")).unwrap(); // unreferenced: GC may take it any time
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gc = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                store.gc_blobs().unwrap();
+            }
+        })
+    };
+    let files = tmp.path().join("files");
+    let mut reuploads = 0;
+    for i in 0..200 {
+        let version = format!("v{i}");
+        match store.add_version("c", &version, &h, &actor("op")) {
+            Ok(()) => {}
+            // GC won: the content is gone and must be uploaded again; then addver works.
+            Err(StoreError::NoUpload) => {
+                reuploads += 1;
+                assert_eq!(upload(&store, b"content"), h);
+                store.add_version("c", &version, &h, &actor("op")).unwrap();
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+        assert!(files.join(&h).is_file(), "a referenced blob is on disk");
+        assert_eq!(std::fs::read(files.join(&h)).unwrap(), b"content");
+        store.del_ver("c", &version, &actor("op")).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    gc.join().unwrap();
+    println!("GC won {reuploads} of 200 races");
+}
