@@ -88,8 +88,10 @@ impl Cursor<'_> {
 
 /// Parses any RFC3339 time (with or without fraction, any offset) into UTC.
 ///
-/// Accepts what Go 1.19's `time.Parse(time.RFC3339, s)` accepts: a `.` or `,` fraction of any
-/// length (digits past the ninth are dropped), `Z` or `±hh:mm`.
+/// Accepts what Go 1.19's `time.Parse(time.RFC3339, s)` accepts for well-formed input: a `.`
+/// or `,` fraction of any length (digits past the ninth are dropped), a one-digit hour, `Z` or
+/// `±hh:mm`. Like Go ≥ 1.20 it refuses Go 1.19's accidents: offsets past ±25:59, signs inside
+/// the offset (`++2:00`), and a fraction without seconds digits (`07:26:.9Z`).
 pub fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
     let mut c = Cursor { s: s.as_bytes() };
     let year = c.fixed(4)?;
