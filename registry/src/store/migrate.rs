@@ -472,6 +472,13 @@ mod tests {
                 .unwrap()
                 .contains("web\\u003c\\u0026\\u003e")
         );
+        // Layers are found inside the Go-escaped JSON: the version is in use.
+        let a = Actor {
+            user: "op".into(),
+            ..Actor::default()
+        };
+        let err = store.del_ver("web<&>", "v1", &a).unwrap_err();
+        assert_eq!(err.to_string(), "version is used by configuration \"web\"");
         // The overflow-page configuration.
         let big = store.show_conf("big").unwrap();
         assert_eq!(big.layers.len(), 30);
