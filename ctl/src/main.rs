@@ -3,6 +3,22 @@
 //! Exit codes: 0 ok, 1 runtime or remote failure, 2 usage. Arguments are parsed and validated
 //! locally with the registry's own grammar, then re-quoted (`Command::to_line`), so a value
 //! such as `-name "x -force"` stays one value (fixes spec A10).
+//!
+//! Differences from the original, on purpose:
+//! - `-h` exits 0 (Go >= 1.15 behaviour; Go <= 1.14 gave 2). Subcommand `-h` exits 2 with the
+//!   subcommand's usage, like any subcommand flag error.
+//! - `-fp` help says `SHA256:...` and a `sha256:` prefix is accepted too (B20); several
+//!   fingerprints may be given separated by commas (host key rotation).
+//! - known_hosts: unknown and changed keys name the host entry, the file and the fingerprint
+//!   seen; `@revoked` lines refuse the key; `@cert-authority` is not supported.
+//! - `addver -file` checks the archive (gzip, zstd or plain tar, every entry read to the end)
+//!   before connecting, so a broken archive is never uploaded (B21). An empty file is refused
+//!   (the original let it pass because its validator saw io.EOF).
+//! - `addver -hash H` (without `-file`) registers content the registry already stores.
+//! - `history`, `rollback`, `audit`, `fsck` are passed to the registry like the others.
+//! - Runtime errors are printed once as `deployctl: <error>`; argument errors print the
+//!   original's texts as they are. A remote failure exits 1 silently (the registry spoke).
+//! - RSA keys sign with rsa-sha2-512/256, never SHA-1 `ssh-rsa` unless the server says so.
 
 mod archive;
 mod cli;

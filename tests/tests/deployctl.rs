@@ -682,3 +682,48 @@ fn progress_is_shown_on_a_terminal() {
             .is_file()
     );
 }
+
+#[test]
+fn key_file_formats() {
+    // RSA (signed with rsa-sha2-*), ECDSA, in OpenSSH and PEM encodings, as operators have them
+    let keys = e2e::Keys::new();
+    let formats: [(&str, &str, &[&str]); 4] = [
+        ("rsa_openssh", "rsa", &["-b", "2048"]),
+        ("rsa_pem", "rsa", &["-b", "2048", "-m", "PEM"]),
+        ("ecdsa_pem", "ecdsa", &["-m", "PEM"]),
+        ("ed25519_openssh", "ed25519", &[]),
+    ];
+    let mut listed = std::fs::read_to_string(&keys.operator_keys).unwrap();
+    let mut paths = Vec::new();
+    for (name, kind, extra) in formats {
+        let p = keys.dir().join(name);
+        e2e::keygen(&p, kind, extra);
+        listed += &keys.public(&p);
+        paths.push(p);
+    }
+    std::fs::write(&keys.operator_keys, listed).unwrap();
+    let reg = Registry::start_in(None, keys, &[]);
+    for p in &paths {
+        ok(&ctl_with_key(&reg, p));
+    }
+
+    // an encrypted key: say what to do
+    let enc = reg.keys.dir().join("encrypted");
+    run_with_timeout(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "secret", "-f"])
+            .arg(&enc),
+        None,
+        30,
+    )
+    .assert_ok();
+    let out = ctl_with_key(&reg, &enc);
+    out.assert_code(1);
+    eqnice!(
+        format!(
+            "deployctl: failed to read/parse key file \"{}\": the key is encrypted; use an unencrypted key or load it into ssh-agent\n",
+            enc.display()
+        ),
+        out.stderr_str()
+    );
+}
