@@ -883,6 +883,70 @@ mod tests {
     }
 
     #[test]
+    fn usage_block_of_deploy_agent_as_observed() {
+        let s = |name, default, usage| Flag {
+            name,
+            kind: Kind::String { default },
+            usage,
+        };
+        let set = FlagSet::new(
+            "deploy-agent",
+            vec![
+                s("addr", "localhost:2022", "registry address (host:port)"),
+                Flag {
+                    name: "cleanold",
+                    kind: Kind::Bool,
+                    usage: "remove unreferenced unpacked files after successful switch",
+                },
+                s(
+                    "dir",
+                    ".",
+                    "directory to store downloaded and unpacked files",
+                ),
+                s("fp", "", "registry server key fingerprint"),
+                s("key", "id_ecdsa", "ssh private key to use"),
+                s("name", "", "configuration to track"),
+                Flag {
+                    name: "poll",
+                    kind: Kind::Duration {
+                        default: Duration::from_secs(30),
+                    },
+                    usage: "registry poll interval",
+                },
+                s("script", "./deploy.sh", "script to run on deploys"),
+                s("state", "state.json", "file to save state to"),
+                Flag {
+                    name: "v",
+                    kind: Kind::Bool,
+                    usage: "be more chatty about what's happening",
+                },
+            ],
+        );
+        let spec = "Usage of deploy-agent:
+  -addr string
+    \tregistry address (host:port) (default \"localhost:2022\")
+  -cleanold
+    \tremove unreferenced unpacked files after successful switch
+  -dir string
+    \tdirectory to store downloaded and unpacked files (default \".\")
+  -fp string
+    \tregistry server key fingerprint
+  -key string
+    \tssh private key to use (default \"id_ecdsa\")
+  -name string
+    \tconfiguration to track
+  -poll duration
+    \tregistry poll interval (default 30s)
+  -script string
+    \tscript to run on deploys (default \"./deploy.sh\")
+  -state string
+    \tfile to save state to (default \"state.json\")
+  -v\tbe more chatty about what's happening
+";
+        assert_eq!(set.usage(), spec);
+    }
+
+    #[test]
     fn defaults_bool_one_letter_on_one_line_longer_on_two() {
         assert_eq!(
             set().defaults(),
