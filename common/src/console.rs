@@ -645,7 +645,7 @@ pub mod render {
     }
 
     /// `history` output: newest first, through tabwriter:
-    /// `<seq>\t<saved RFC3339>\t<hash first 12>\t<user>\t<command>\t<c1@v1 c2@v2 ...>\t`,
+    /// `<seq>\t<saved RFC3339>\t<hash first 12>\t<user>\t<command>\t<c1@v1 c2@v2 ...>` (the last column is not padded: it varies most),
     /// with a `*` after the seq of the row whose hash is the current one.
     /// Rows are sorted by `seq`, highest first, whatever order they come in.
     pub fn history(rows: &[HistoryRow], current_hash: &str) -> String {
@@ -666,7 +666,7 @@ pub mod render {
                 .map(|l| format!("{}@{}", l.name, l.version))
                 .collect();
             text.push_str(&format!(
-                "{}{mark}\t{}\t{}\t{}\t{}\t{}\t\n",
+                "{}{mark}\t{}\t{}\t{}\t{}\t{}\n",
                 r.seq,
                 rfc3339_secs(r.saved_at),
                 cell(&hash),
@@ -693,14 +693,14 @@ pub mod render {
     }
 
     /// `audit` output through tabwriter, oldest first:
-    /// `<time RFC3339>\t<user>\t<fingerprint>\t<addr>\t<result>\t<command>\t`.
+    /// `<time RFC3339>\t<user>\t<fingerprint>\t<addr>\t<result>\t<command>` (last column unpadded).
     /// Rows are written in the order given.
     pub fn audit(rows: &[AuditRow]) -> String {
         let text: String = rows
             .iter()
             .map(|r| {
                 format!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t\n",
+                    "{}\t{}\t{}\t{}\t{}\t{}\n",
                     rfc3339_secs(r.time),
                     cell(&r.user),
                     cell(&r.key_fingerprint),
@@ -1419,7 +1419,7 @@ delconf         delete configuration
         ];
         let out = history(&rows, &c1.hash);
         let want = format!(
-            "2    2026-11-22T08:00:00Z   {}   bob     changeconf   code@v01              \n1*   2026-11-22T07:26:29Z   {}   alice   addconf      code@v01 config@v01   \n",
+            "2    2026-11-22T08:00:00Z   {}   bob     changeconf   code@v01\n1*   2026-11-22T07:26:29Z   {}   alice   addconf      code@v01 config@v01\n",
             &c2.hash[..12],
             &c1.hash[..12]
         );
@@ -1448,8 +1448,8 @@ delconf         delete configuration
         ];
         assert_eq!(
             audit(&rows),
-            "2026-11-22T07:00:00Z   alice   SHA256:abc    127.0.0.1:5000   ok                                     showconf -name=p              \n\
-             2026-11-22T07:00:01Z   bob     SHA256:defg   [::1]:5001       fail: \"a\\tb\" configuration not found   delconf '-name=a\\tb\\x1b[2J'   \n"
+            "2026-11-22T07:00:00Z   alice   SHA256:abc    127.0.0.1:5000   ok                                     showconf -name=p\n\
+             2026-11-22T07:00:01Z   bob     SHA256:defg   [::1]:5001       fail: \"a\\tb\" configuration not found   delconf '-name=a\\tb\\x1b[2J'\n"
         );
         assert_eq!(audit(&[]), "");
     }
