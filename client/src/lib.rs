@@ -64,6 +64,24 @@ pub struct Connection {
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 const KEEPALIVE_MAX: usize = 3;
 
+/// Connection tuning beyond [`Target`]; [`Connection::connect`] uses the defaults.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Silence from the server after which a keepalive is sent.
+    pub keepalive_interval: Duration,
+    /// Unanswered keepalives after which the connection is closed ([`Connection::is_closed`]).
+    pub keepalive_max: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning {
+            keepalive_interval: KEEPALIVE_INTERVAL,
+            keepalive_max: KEEPALIVE_MAX,
+        }
+    }
+}
+
 /// Large receive window: downloads (agent blob fetches) are not throttled by window updates
 /// (spike-russh.md section 6).
 const CLIENT_WINDOW: u32 = 16 * 1024 * 1024;
@@ -84,6 +102,11 @@ fn sftp_config() -> russh_sftp::client::Config {
 
 impl Connection {
     pub async fn connect(target: &Target) -> anyhow::Result<Connection> {
+        Connection::connect_tuned(target, &Tuning::default()).await
+    }
+
+    /// [`Connection::connect`] with explicit tuning.
+    pub async fn connect_tuned(target: &Target, tuning: &Tuning) -> anyhow::Result<Connection> {
         let (host, port) = split_addr(&target.addr)?;
         let checker = hostkey::Checker::new(&target.host_check, &host, port);
         checker.preflight()?;
@@ -97,8 +120,8 @@ impl Connection {
         };
         let config = Arc::new(russh::client::Config {
             window_size: CLIENT_WINDOW,
-            keepalive_interval: Some(KEEPALIVE_INTERVAL),
-            keepalive_max: KEEPALIVE_MAX,
+            keepalive_interval: Some(tuning.keepalive_interval),
+            keepalive_max: tuning.keepalive_max,
             nodelay: true,
             ..Default::default()
         });

@@ -354,3 +354,125 @@ async fn refused_port_is_a_dial_error() {
         format!("dial tcp 127.0.0.1:{port}: connection refused")
     );
 }
+
+/// Records when each write arrived.
+struct Stamped(Vec<(std::time::Instant, Vec<u8>)>);
+
+impl tokio::io::AsyncWrite for Stamped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.push((std::time::Instant::now(), buf.to_vec()));
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn exec_output_is_streamed_as_it_arrives() {
+    let sshd = Sshd::start();
+    let conn = Connection::connect(&sshd.key_target()).await.unwrap();
+    let mut out = Stamped(Vec::new());
+    let mut err = Stamped(Vec::new());
+    let status = conn
+        .exec_to("echo first; sleep 1; echo second", &mut out, &mut err)
+        .await
+        .unwrap();
+    assert_eq!(status, 0);
+    let all: Vec<u8> = out.0.iter().flat_map(|(_, b)| b.clone()).collect();
+    assert_eq!(all, b"first\nsecond\n");
+    let (first, last) = (out.0[0].0, out.0[out.0.len() - 1].0);
+    assert!(
+        last.duration_since(first) >= Duration::from_millis(700),
+        "output was buffered until the end"
+    );
+}
+
+/// A TCP proxy to sshd that can freeze: it stops forwarding but keeps both sockets open, the
+/// way a crashed host or a cut cable looks to the client (no FIN, no RST).
+async fn freezing_proxy(
+    to: u16,
+) -> (
+    u16,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = frozen.clone();
+    let task = tokio::spawn(async move {
+        let (inbound, _) = listener.accept().await.unwrap();
+        let outbound = tokio::net::TcpStream::connect(("127.0.0.1", to))
+            .await
+            .unwrap();
+        let (mut ri, mut wi) = inbound.into_split();
+        let (mut ro, mut wo) = outbound.into_split();
+        let pump = |f: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+            async move |r: &mut tokio::net::tcp::OwnedReadHalf,
+                        w: &mut tokio::net::tcp::OwnedWriteHalf| {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = match r.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if f.load(Ordering::SeqCst) {
+                        // swallow everything from now on
+                        continue;
+                    }
+                    if w.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        let a = pump(f.clone());
+        let b = pump(f);
+        tokio::join!(a(&mut ri, &mut wo), b(&mut ro, &mut wi));
+    });
+    (port, frozen, task)
+}
+
+#[tokio::test]
+async fn dead_server_is_noticed_by_keepalive() {
+    let sshd = Sshd::start();
+    let (port, frozen, task) = freezing_proxy(sshd.port).await;
+    let mut t = sshd.key_target();
+    t.addr = format!("127.0.0.1:{port}");
+    // the proxy's address is not what known_hosts would say, but the fingerprint is the same
+    let tuning = client::Tuning {
+        keepalive_interval: Duration::from_millis(300),
+        keepalive_max: 2,
+    };
+    let conn = Connection::connect_tuned(&t, &tuning).await.unwrap();
+    assert_eq!(conn.exec("echo alive").await.unwrap().stdout, b"alive\n");
+    // idle but answering: keepalives are answered, the connection stays
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!conn.is_closed());
+    frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    while !conn.is_closed() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a silent server was not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    task.abort();
+}
