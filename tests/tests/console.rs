@@ -459,7 +459,12 @@ fn bumpconf_prints_the_rollback_hint_only_when_changed() {
 #[test]
 fn bumpconf_quotes_names_go_style_in_the_hint() {
     let reg = Registry::start();
-    add_version(&reg, "co\"de", "v 1", &tar_gz(&[("a", b"1")]));
+    let h1 = upload(&reg, &tar_gz(&[("a", b"1")]));
+    succeeds(
+        &reg,
+        &format!("addver -name 'co\"de' -version 'v 1' -hash {h1}"),
+        "",
+    );
     reg.ssh(r#"addconf -name "my conf" -layer 'co"de:v 1'"#)
         .assert_ok();
     thread::sleep(Duration::from_millis(1100));
@@ -799,6 +804,18 @@ fn usage_blocks_of_every_command() {
     }
 }
 
+/// A successful rollback says what it restored (the configuration hash).
+#[track_caller]
+fn rolls_back(reg: &Registry, cmd: &str) {
+    let out = reg.ssh(cmd);
+    out.assert_code(0);
+    assert!(
+        out.stdout_str()
+            .starts_with("rolled back configuration \"project1\" to "),
+        "{out}"
+    );
+}
+
 #[test]
 fn history_and_rollback() {
     let f = fixture();
@@ -849,13 +866,13 @@ fn history_and_rollback() {
     assert!(lines.iter().all(|l| l.ends_with("   ")), "{text:?}");
 
     // rollback: back to the state before the current one.
-    succeeds(reg, "rollback -name project1", "");
+    rolls_back(reg, "rollback -name project1");
     let v = |reg: &Registry| reg.ssh("showconf -name project1").stdout_str();
     assert!(v(reg).starts_with("code     v02 "), "{}", v(reg));
     // rollback -to N: any saved state.
-    succeeds(reg, &format!("rollback -name project1 -to {s_v01}"), "");
+    rolls_back(reg, &format!("rollback -name project1 -to {s_v01}"));
     assert!(v(reg).starts_with("code     v01 "), "{}", v(reg));
-    succeeds(reg, &format!("rollback -name project1 -to {s_v03}"), "");
+    rolls_back(reg, &format!("rollback -name project1 -to {s_v03}"));
     assert!(v(reg).starts_with("code     v03 "), "{}", v(reg));
     let out = reg.ssh("rollback -name project1 -to 999999");
     out.assert_code(1);
@@ -1025,8 +1042,8 @@ impl Drop for Pty {
     }
 }
 
-fn count(hay: &[u8], needle: &[u8]) -> usize {
-    hay.windows(needle.len()).filter(|w| *w == needle).count()
+fn has(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 const PROMPT: &[u8] = b"\x1b[31m> \x1b[0m";
@@ -1038,36 +1055,33 @@ fn interactive_shell_with_a_pty() {
     let mut cmd = reg.ssh_cmd(&reg.keys.operator);
     cmd.arg("-tt").arg(reg.dest("op"));
     let mut sh = Pty::spawn(cmd);
-    sh.wait_for("the red prompt", |o| {
-        o.windows(PROMPT.len()).any(|w| w == PROMPT)
-    });
-    // Ctrl-C is ignored; CR ends a line; output lines end in CRLF.
+    sh.wait_for("the red prompt", |o| has(o, PROMPT));
+    assert!(
+        sh.output().starts_with(PROMPT),
+        "output starts with the prompt: {:?}",
+        String::from_utf8_lossy(&sh.output())
+    );
+    // Ctrl-C does not end the session; CR ends a line; output lines end in CRLF.
     sh.send(b"\x03components\r");
     sh.wait_for("components output and a new prompt", |o| {
-        o.windows(b"code\r\nconfig\r\n".len())
-            .any(|w| w == b"code\r\nconfig\r\n")
-            && count(o, PROMPT) >= 2
+        has(o, b"components\r\ncode\r\nconfig\r\n") && o.ends_with(PROMPT)
     });
-    let out = sh.output();
-    assert!(
-        count(&out, b"components") >= 1,
-        "typed line is echoed: {:?}",
-        String::from_utf8_lossy(&out)
-    );
     // An error is printed and the session goes on.
     sh.send(b"showconf -name nope\r");
     sh.wait_for("error text", |o| {
-        o.windows(30)
-            .any(|w| w == b"configuration \"nope\" not found")
+        has(
+            o,
+            b"showconf -name nope\r\nconfiguration \"nope\" not found\r\n",
+        ) && o.ends_with(PROMPT)
     });
     sh.send(b"showconf -name \"x\r");
     sh.wait_for("parse error", |o| {
-        o.windows(26).any(|w| w == b"invalid command line string")
+        has(o, b"\r\ninvalid command line string\r\n") && o.ends_with(PROMPT)
     });
     // Blank lines are skipped.
     sh.send(b"   \r");
     sh.send(b"help\r");
-    sh.wait_for("help", |o| o.windows(9).any(|w| w == b"delconf  "));
+    sh.wait_for("help", |o| has(o, b"delconf  "));
     // Ctrl-D on an empty line ends the shell with status 0, stdin still open.
     sh.send(b"\x04");
     let st = sh.wait_exit();
@@ -1174,7 +1188,7 @@ fn interactive_shell_in_tmux() {
         &line,
     ])
     .assert_ok();
-    tmux.wait_for("prompt", "> ");
+    tmux.wait_for("prompt", ">");
     tmux.run(&["send-keys", "-t", "t", "configurations", "Enter"])
         .assert_ok();
     tmux.wait_for("output", "project1");
