@@ -119,6 +119,19 @@ async fn serve_connection(
     if let Err(err) = socket.set_nodelay(true) {
         tracing::debug!(addr = %peer, cause = %err, "set_nodelay failed");
     }
+    // A second handle on the socket: russh's session task cannot be aborted from outside, and
+    // a client stalled in the key exchange never reads a polite disconnect, so limits end the
+    // connection by shutting the socket down under the session.
+    let (socket, killer) = match split_killer(socket) {
+        Ok(pair) => pair,
+        Err(err) => {
+            tracing::warn!(addr = %peer, cause = %err, "connection dropped: cannot duplicate socket");
+            return;
+        }
+    };
+    let kill = || {
+        let _ = killer.shutdown(std::net::Shutdown::Both);
+    };
     let (authed_tx, authed_rx) = oneshot::channel();
     let busy = Arc::new(AtomicUsize::new(0));
     let handler = Connection::new(shared.clone(), peer, authed_tx, busy.clone());
@@ -158,6 +171,7 @@ async fn serve_connection(
             () = &mut auth_deadline, if !authed => {
                 tracing::info!(addr = %peer, "connection closed: authentication not completed within {HANDSHAKE_LIMIT:?}");
                 disconnect(&handle, "authentication timeout").await;
+                kill();
                 return;
             }
             () = shared.token.cancelled() => break,
@@ -167,7 +181,12 @@ async fn serve_connection(
     loop {
         if busy.load(Ordering::SeqCst) == 0 {
             disconnect(&handle, "server shutting down").await;
-            let _ = tokio::time::timeout(Duration::from_secs(2), &mut session).await;
+            if tokio::time::timeout(Duration::from_secs(2), &mut session)
+                .await
+                .is_err()
+            {
+                kill();
+            }
             return;
         }
         tokio::select! {
@@ -180,6 +199,12 @@ async fn serve_connection(
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
+}
+
+fn split_killer(socket: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
+    let std = socket.into_std()?;
+    let killer = std.try_clone()?;
+    Ok((TcpStream::from_std(std)?, killer))
 }
 
 async fn disconnect(handle: &russh::server::Handle, reason: &str) {
@@ -204,8 +229,13 @@ fn log_connection_error(peer: SocketAddr, err: &anyhow::Error) {
     {
         return;
     }
-    if let Some(russh::Error::Disconnect | russh::Error::HUP) = err.downcast_ref::<russh::Error>() {
-        return;
+    match err.downcast_ref::<russh::Error>() {
+        Some(russh::Error::Disconnect | russh::Error::HUP) => return,
+        Some(russh::Error::InactivityTimeout) => {
+            tracing::info!(addr = %peer, "connection closed: idle for longer than -deadline");
+            return;
+        }
+        _ => {}
     }
     tracing::warn!(addr = %peer, "connection error: {err:#}");
 }
