@@ -143,7 +143,13 @@ impl Agent {
             tracing::info!("{msg}");
         }
 
-        if !unpack::tree_ready(&self.unpacked(), &remote.hash) {
+        if unpack::tree_ready(&self.unpacked(), &remote.hash) {
+            tracing::info!(
+                config = %remote.hash,
+                "layers fetched from the registry: 0 of {} (unpacked tree reused)",
+                remote.layers.len()
+            );
+        } else {
             self.fetch_layers(&remote).await?;
             self.build_tree(&remote).await?;
         }

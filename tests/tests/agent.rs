@@ -1,0 +1,613 @@
+//! deploy-agent end to end: a real registry, a real agent process, real OpenSSH for setup.
+//! Spec: deploy-tools.md section 3 and the agent items of section 8.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use e2e::*;
+
+/// The agent's working directory (its cwd, `-dir .` and `-state state.json` live here), with a
+/// deploy script that records every deploy.
+struct Host {
+    dir: tempfile::TempDir,
+}
+
+const SCRIPT: &str = "#!/bin/sh\nenv > \"env-$NEWID.txt\"\ncat \"$STATEFILE\" > \"statefile-$NEWID.json\"\necho \"$NEWID\" >> deploys.log\necho \"deploying $NEWID\"\n";
+
+impl Host {
+    fn new() -> Host {
+        let dir = tempfile::Builder::new()
+            .prefix("e2e-agent")
+            .tempdir()
+            .expect("tempdir");
+        let h = Host { dir };
+        h.script(SCRIPT);
+        h
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn script(&self, body: &str) {
+        let p = self.path().join("deploy.sh");
+        fs::write(&p, body).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fn command(&self, reg: &Registry, extra: &[&str]) -> Command {
+        let mut c = Command::new(bin("deploy-agent"));
+        c.current_dir(self.path())
+            .args([
+                "-addr",
+                &reg.addr(),
+                "-fp",
+                &reg.fingerprint(),
+                "-name",
+                "project1",
+                "-v",
+            ])
+            .args(["-key", reg.keys.service.to_str().unwrap()])
+            .args(extra);
+        c
+    }
+    /// One cycle (`-once`).
+    fn once(&self, reg: &Registry, extra: &[&str]) -> Out {
+        let mut args = vec!["-once"];
+        args.extend_from_slice(extra);
+        run_with_timeout(&mut self.command(reg, &args), None, DEFAULT_TIMEOUT_SECS)
+    }
+    fn state(&self) -> String {
+        fs::read_to_string(self.path().join("state.json")).unwrap_or_default()
+    }
+    fn current(&self) -> Option<PathBuf> {
+        fs::read_link(self.path().join("current")).ok()
+    }
+    fn unpacked(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.path().join("unpacked"))
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// The exact bytes the registry serves for `configs/project1.json`.
+fn served_config(reg: &Registry) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("c.json");
+    reg.sftp_service(&format!("get configs/project1.json {}\n", local.display()))
+        .assert_ok();
+    fs::read_to_string(local).unwrap()
+}
+
+fn config_hash(json: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    v["Hash"].as_str().unwrap().to_string()
+}
+
+fn env_of(host: &Host, id: &str) -> Vec<(String, String)> {
+    let text = fs::read_to_string(host.path().join(format!("env-{id}.txt"))).unwrap();
+    let mut v: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .filter(|(k, _)| !["PWD", "SHLVL", "_", "OLDPWD"].contains(&k.as_str()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn fetched_line(out: &Out) -> String {
+    out.stderr_str()
+        .lines()
+        .find(|l| l.contains("layers fetched from the registry"))
+        .unwrap_or_else(|| panic!("no fetch counter in:\n{out}"))
+        .to_string()
+}
+
+#[test]
+fn deploy_update_rollback_cleanold() {
+    let reg = Registry::start();
+    let host = Host::new();
+    add_version(&reg, "code", "v01", &tar_gz(&[("bin/app", b"code v01")]));
+    add_version(
+        &reg,
+        "config",
+        "v01",
+        &tar_gz(&[("etc/app.conf", b"config v01")]),
+    );
+    reg.ssh("addconf -name project1 -layer code:v01 -layer config:v01")
+        .assert_ok();
+
+    // First deploy.
+    let out = host.once(&reg, &[]);
+    out.assert_ok();
+    let first_json = served_config(&reg);
+    let first = config_hash(&first_json);
+    assert_eq!(
+        host.state(),
+        first_json,
+        "state file must be the served JSON, byte for byte"
+    );
+    assert_eq!(host.current(), Some(Path::new("unpacked").join(&first)));
+    assert_eq!(
+        fs::read(host.path().join("current/bin/app")).unwrap(),
+        b"code v01"
+    );
+    assert_eq!(host.unpacked(), vec![first.clone(), format!("{first}.ok"),]);
+    out.assert_stderr_contains(&format!(
+        "configuration update available: {first}\n\tcomponent 1: \"code\", version: \"v01\"\n\tcomponent 2: \"config\", version: \"v01\""
+    ));
+    out.assert_stderr_contains(&format!("switched to the new configuration: {first}"));
+    out.assert_stderr_contains(&format!("deploying {first}"));
+    assert!(fetched_line(&out).contains("2 of 2"));
+
+    // The script's environment, exactly.
+    let mut want: Vec<(String, String)> = vec![
+        ("OLDID".into(), "".into()),
+        ("OLDROOT".into(), "unpacked".into()),
+        ("NEWID".into(), first.clone()),
+        ("NEWROOT".into(), format!("unpacked/{first}")),
+        ("LAYER_0_NAME".into(), "code".into()),
+        ("LAYER_0_VERSION".into(), "v01".into()),
+        ("LAYER_1_NAME".into(), "config".into()),
+        ("LAYER_1_VERSION".into(), "v01".into()),
+    ];
+    for k in [
+        "PATH", "HOME", "TMPDIR", "USER", "LOGNAME", "LANG", "LC_ALL", "SHELL",
+    ] {
+        if let Ok(v) = std::env::var(k) {
+            want.push((k.into(), v));
+        }
+    }
+    let got = env_of(&host, &first);
+    let statefile = got
+        .iter()
+        .find(|(k, _)| k == "STATEFILE")
+        .expect("STATEFILE")
+        .1
+        .clone();
+    want.push(("STATEFILE".into(), statefile.clone()));
+    want.sort();
+    assert_eq!(got, want);
+    assert!(
+        Path::new(&statefile)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("json-state-")
+    );
+    assert!(
+        !Path::new(&statefile).exists(),
+        "STATEFILE must be removed after the script"
+    );
+    assert_eq!(
+        fs::read_to_string(host.path().join(format!("statefile-{first}.json"))).unwrap(),
+        first_json
+    );
+
+    // Nothing changed: nothing happens.
+    host.once(&reg, &[]).assert_ok();
+    assert_eq!(
+        fs::read_to_string(host.path().join("deploys.log"))
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+
+    // Update one layer: exactly one layer crosses the network.
+    add_version(&reg, "code", "v02", &tar_gz(&[("bin/app", b"code v02")]));
+    reg.ssh("changeconf -name project1 -component code -version v02")
+        .assert_ok();
+    let out = host.once(&reg, &[]);
+    out.assert_ok();
+    let second = config_hash(&served_config(&reg));
+    assert!(
+        fetched_line(&out).contains("1 of 2"),
+        "{}",
+        fetched_line(&out)
+    );
+    assert_eq!(
+        fs::read(host.path().join("current/bin/app")).unwrap(),
+        b"code v02"
+    );
+    let env2 = env_of(&host, &second);
+    assert!(env2.contains(&("OLDID".into(), first.clone())));
+    assert!(env2.contains(&("OLDROOT".into(), format!("unpacked/{first}"))));
+    assert!(env2.contains(&("LAYER_0_VERSION".into(), "v02".into())));
+
+    // Roll back: the old tree is reused, nothing is downloaded.
+    reg.ssh("changeconf -name project1 -component code -version v01")
+        .assert_ok();
+    let out = host.once(&reg, &[]);
+    out.assert_ok();
+    assert_eq!(config_hash(&served_config(&reg)), first);
+    assert!(
+        fetched_line(&out).contains("0 of 2"),
+        "{}",
+        fetched_line(&out)
+    );
+    assert_eq!(host.current(), Some(Path::new("unpacked").join(&first)));
+    assert_eq!(
+        fs::read(host.path().join("current/bin/app")).unwrap(),
+        b"code v01"
+    );
+    assert_eq!(
+        host.unpacked().len(),
+        4,
+        "both trees kept without -cleanold"
+    );
+
+    // -cleanold: only the new tree stays; unrelated files are left alone (spec 3.3 step 13).
+    fs::write(host.path().join("unpacked/escaped.txt"), b"").unwrap();
+    reg.ssh("changeconf -name project1 -component code -version v02")
+        .assert_ok();
+    host.once(&reg, &["-cleanold"]).assert_ok();
+    assert_eq!(
+        host.unpacked(),
+        vec![
+            second.clone(),
+            format!("{second}.ok"),
+            "escaped.txt".to_string()
+        ]
+    );
+}
+
+#[test]
+fn failing_script_keeps_old_state_and_is_retried() {
+    let reg = Registry::start();
+    let host = Host::new();
+    add_version(&reg, "code", "v01", &tar_gz(&[("a", b"1")]));
+    reg.ssh("addconf -name project1 -layer code:v01")
+        .assert_ok();
+    host.script("#!/bin/sh\necho nope >&2\nexit 3\n");
+    let out = host.once(&reg, &[]);
+    out.assert_fail();
+    out.assert_stderr_contains("\"./deploy.sh\" call failure: exit status 3");
+    out.assert_stderr_contains("script: nope");
+    assert_eq!(host.state(), "");
+    assert_eq!(host.current(), None);
+    host.script(SCRIPT);
+    host.once(&reg, &[]).assert_ok();
+    assert_eq!(host.state(), served_config(&reg));
+}
+
+#[test]
+fn corrupt_state_file_is_reported_and_replaced_by_next_deploy() {
+    let reg = Registry::start();
+    let host = Host::new();
+    add_version(&reg, "code", "v01", &tar_gz(&[("a", b"1")]));
+    reg.ssh("addconf -name project1 -layer code:v01")
+        .assert_ok();
+    fs::write(host.path().join("state.json"), b"{garbage").unwrap();
+    host.script("#!/bin/sh\nexit 1\n");
+    let out = host.once(&reg, &[]);
+    out.assert_fail();
+    out.assert_stderr_contains("is unreadable");
+    assert_eq!(
+        host.state(),
+        "{garbage",
+        "a failed deploy must not destroy the state file"
+    );
+    host.script(SCRIPT);
+    host.once(&reg, &[]).assert_ok();
+    assert_eq!(host.state(), served_config(&reg));
+}
+
+#[test]
+fn startup_checks_in_spec_order() {
+    let reg = Registry::start();
+    let host = Host::new();
+    let bare = |args: &[&str]| {
+        let mut c = Command::new(bin("deploy-agent"));
+        c.current_dir(host.path()).args(args);
+        run_with_timeout(&mut c, None, 30)
+    };
+    bare(&[])
+        .assert_code(1)
+        .assert_stderr_contains("empty configuration name");
+    bare(&["-name", "x", "-state", ""])
+        .assert_code(1)
+        .assert_stderr_contains("no state file set");
+    bare(&["-name", "x", "-fp", "md5:xx"])
+        .assert_code(1)
+        .assert_stderr_contains("invalid server key fingerprint, expecting SHA256 fingerprint");
+    bare(&["-name", "x", "-fp", "SHA256:x", "-key", "/nonexist"])
+        .assert_code(1)
+        .assert_stderr_contains("open /nonexist: no such file or directory");
+    // The directory lock.
+    let mut long = host.command(&reg, &["-poll", "1h"]);
+    long.stderr(std::process::Stdio::null());
+    let mut child = long.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = host.once(&reg, &[]);
+    let _ = child.kill();
+    let _ = child.wait();
+    out.assert_code(1).assert_stderr_contains(
+        "cannot acquire exclusive lock on \".\": resource temporarily unavailable",
+    );
+}
+
+/// A configuration whose second layer is `hostile`; the agent must refuse it, name the
+/// entry, write nothing outside its staging tree, and stay on nothing.
+fn refuse(hostile: Vec<u8>, entry: &str) {
+    let reg = Registry::start();
+    let host = Host::new();
+    add_version(&reg, "base", "v1", &tar_gz(&[("ok.txt", b"fine")]));
+    add_version(&reg, "evil", "v1", &hostile);
+    reg.ssh("addconf -name project1 -layer base:v1 -layer evil:v1")
+        .assert_ok();
+    let before = listing(host.path().parent().unwrap());
+    let out = host.once(&reg, &[]);
+    out.assert_fail();
+    out.assert_stderr_contains("layer 2 (");
+    out.assert_stderr_contains(&format!("entry {entry:?}"));
+    assert_eq!(host.state(), "");
+    assert_eq!(host.current(), None);
+    assert_eq!(
+        host.unpacked(),
+        Vec::<String>::new(),
+        "staging tree left behind"
+    );
+    assert!(!host.path().join("escaped.txt").exists());
+    assert!(!host.path().join("outside").join("through.txt").exists());
+    let after = listing(host.path().parent().unwrap());
+    assert_eq!(
+        before, after,
+        "something appeared next to the agent's directory"
+    );
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("escaped") || n.contains("through") || n.contains("pwned"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn hostile_zip_slip() {
+    refuse(
+        TarBuilder::new().file("../../escaped.txt", b"pwned").gz(),
+        "../../escaped.txt",
+    );
+}
+
+#[test]
+fn hostile_absolute_path() {
+    refuse(
+        TarBuilder::new().file("/tmp/pwned-abs.txt", b"pwned").gz(),
+        "/tmp/pwned-abs.txt",
+    );
+}
+
+#[test]
+fn hostile_symlink_then_write_through() {
+    refuse(
+        TarBuilder::new()
+            .symlink("lnk", "/tmp")
+            .file("lnk/pwned-through.txt", b"pwned")
+            .gz(),
+        "lnk/pwned-through.txt",
+    );
+}
+
+#[test]
+fn hostile_symlink_to_parent_then_mkdir() {
+    refuse(
+        TarBuilder::new()
+            .symlink("up", "../..")
+            .dir("up/pwned-dir")
+            .gz(),
+        "up/pwned-dir",
+    );
+}
+
+#[test]
+fn hostile_hard_link_out() {
+    refuse(
+        TarBuilder::new()
+            .hardlink("pw", "../../../../../etc/passwd")
+            .gz(),
+        "pw",
+    );
+}
+
+#[test]
+fn hostile_device_node() {
+    refuse(
+        TarBuilder::new()
+            .entry(RawEntry::char_device("null", 1, 3))
+            .gz(),
+        "null",
+    );
+}
+
+#[test]
+fn hostile_fifo() {
+    refuse(TarBuilder::new().entry(RawEntry::fifo("pipe")).gz(), "pipe");
+}
+
+#[test]
+fn hostile_decompression_bomb() {
+    let reg = Registry::start();
+    let host = Host::new();
+    add_version(
+        &reg,
+        "bomb",
+        "v1",
+        &TarBuilder::new().file("zeros", &vec![0u8; 8 << 20]).gz(),
+    );
+    reg.ssh("addconf -name project1 -layer bomb:v1").assert_ok();
+    let out = host.once(&reg, &["-max-unpack-bytes", "1048576"]);
+    out.assert_fail().assert_stderr_contains("limit exceeded");
+    assert_eq!(host.unpacked(), Vec::<String>::new());
+}
+
+#[test]
+fn hostile_entry_count() {
+    let reg = Registry::start();
+    let host = Host::new();
+    let mut b = TarBuilder::new();
+    for i in 0..300 {
+        b = b.file(&format!("f{i}"), b"");
+    }
+    add_version(&reg, "many", "v1", &b.gz());
+    reg.ssh("addconf -name project1 -layer many:v1").assert_ok();
+    let out = host.once(&reg, &["-max-entries", "100"]);
+    out.assert_fail()
+        .assert_stderr_contains("more than 100 archive entries");
+    assert_eq!(host.unpacked(), Vec::<String>::new());
+}
+
+#[test]
+fn hostile_setuid_and_duplicates_are_neutralised() {
+    let reg = Registry::start();
+    let host = Host::new();
+    let layer = TarBuilder::new()
+        .file_mode("suid", b"x", 0o4755)
+        .file("dup", b"first")
+        .file("dup", b"second")
+        .gz();
+    add_version(&reg, "odd", "v1", &layer);
+    reg.ssh("addconf -name project1 -layer odd:v1").assert_ok();
+    host.once(&reg, &[]).assert_ok();
+    let m = fs::metadata(host.path().join("current/suid"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(m & 0o7777, 0o755);
+    assert_eq!(
+        fs::read(host.path().join("current/dup")).unwrap(),
+        b"second"
+    );
+}
+
+/// kill -9 at random moments; afterwards the host is on the old or the new configuration,
+/// never a mix, and the next run converges. See: OSTree's destructive tests.
+#[test]
+fn kill9_at_random_moments_never_mixes() {
+    let reg = Registry::start();
+    let host = Host::new();
+    // Big enough layers that downloads and unpacks take a while.
+    let mk = |tag: &str| {
+        let mut b = TarBuilder::new();
+        for i in 0..200 {
+            b = b.file(&format!("d{}/f{i}", i % 10), &version_file(tag, i));
+        }
+        b.file("tag", tag.as_bytes()).gz()
+    };
+    add_version(&reg, "code", "a", &mk("a"));
+    add_version(&reg, "code", "b", &mk("b"));
+    reg.ssh("addconf -name project1 -layer code:a").assert_ok();
+    host.once(&reg, &[]).assert_ok();
+    let hash_a = config_hash(&host.state());
+
+    let mut seed = std::process::id() as u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut want = "a";
+    let (mut switched, mut interrupted) = (0, 0);
+    for round in 0..24 {
+        want = if want == "a" { "b" } else { "a" };
+        reg.ssh(&format!(
+            "changeconf -name project1 -component code -version {want}"
+        ))
+        .assert_ok();
+        let mut child = host
+            .command(&reg, &["-poll", "1s"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Mostly short delays: a whole deploy of these layers takes a few hundred ms here.
+        let delay = next() % (40 << (round % 5));
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        unsafe_kill9(child.id());
+        let _ = child.wait();
+        let tag = check_consistent(&host, round);
+        if tag == want {
+            switched += 1;
+        } else {
+            interrupted += 1;
+        }
+    }
+    eprintln!(
+        "kill -9 rounds: {switched} reached the new configuration, {interrupted} were cut short"
+    );
+    // Both outcomes must occur, or the kills did not land inside deploys.
+    assert!(
+        switched > 0 && interrupted > 0,
+        "switched {switched}, interrupted {interrupted}"
+    );
+    let out = host.once(&reg, &[]);
+    out.assert_ok();
+    let tag = fs::read_to_string(host.path().join("current/tag")).unwrap();
+    assert_eq!(tag, want, "did not converge");
+    assert_eq!(host.state(), served_config(&reg));
+    assert_eq!(config_hash(&host.state()) == hash_a, want == "a");
+}
+
+fn unsafe_kill9(pid: u32) {
+    let st = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// `current` points at a complete tree (its `.ok` exists, and its files are all of one
+/// version), and the state names a complete tree too.
+fn check_consistent(host: &Host, round: usize) -> String {
+    let Some(cur) = host.current() else {
+        panic!("round {round}: no current symlink")
+    };
+    let id = cur.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(
+        host.path().join(format!("unpacked/{id}.ok")).exists(),
+        "round {round}: current without .ok"
+    );
+    let root = host.path().join(&cur);
+    let tag = fs::read_to_string(root.join("tag")).unwrap();
+    let mut n = 0;
+    for d in 0..10 {
+        for ent in fs::read_dir(root.join(format!("d{d}"))).unwrap() {
+            let ent = ent.unwrap();
+            let data = fs::read(ent.path()).unwrap();
+            let i: u32 = ent.file_name().to_str().unwrap()[1..].parse().unwrap();
+            assert_eq!(
+                data,
+                version_file(&tag, i),
+                "round {round}: file {i} is not of version {tag}"
+            );
+            n += 1;
+        }
+    }
+    assert_eq!(n, 200, "round {round}: missing files");
+    let state = host.state();
+    assert!(!state.is_empty(), "round {round}: state lost");
+    let sid = config_hash(&state);
+    assert!(
+        host.path().join(format!("unpacked/{sid}.ok")).exists(),
+        "round {round}: state names an incomplete tree"
+    );
+    tag
+}
+
+fn version_file(tag: &str, i: u32) -> Vec<u8> {
+    (0..20_000u32)
+        .map(|j| ((j * 7 + i) as u8) ^ tag.as_bytes()[0])
+        .collect()
+}
