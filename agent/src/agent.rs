@@ -406,6 +406,19 @@ mod tests {
         );
     }
 
+    #[test]
+    fn full_disk_is_named() {
+        let e = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOSPC))
+            .context("cannot save state file");
+        assert!(
+            describe(&e).starts_with("disk full: cannot save state file: "),
+            "{}",
+            describe(&e)
+        );
+        let other = anyhow::anyhow!("file does not exist");
+        assert_eq!(describe(&other), "file does not exist");
+    }
+
     fn conf(hash: &str, layers: &[&str]) -> Configuration {
         let t = common::timefmt::now();
         let mut c = Configuration::new(

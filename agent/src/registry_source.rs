@@ -58,6 +58,7 @@ impl RegistrySource {
             .await;
             match made {
                 Ok(c) => {
+                    tracing::info!(addr = %self.target.addr, fingerprint = c.0.server_fingerprint(), "connected to the registry");
                     self.failures = 0;
                     self.conn = Some(c);
                 }

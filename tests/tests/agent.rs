@@ -611,3 +611,139 @@ fn version_file(tag: &str, i: u32) -> Vec<u8> {
         .map(|j| ((j * 7 + i) as u8) ^ tag.as_bytes()[0])
         .collect()
 }
+
+fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Spawns a long-running agent with its stderr in `agent.log`.
+fn spawn_agent(host: &Host, reg: &Registry, extra: &[&str]) -> std::process::Child {
+    let log = fs::File::create(host.path().join("agent.log")).unwrap();
+    host.command(reg, extra).stderr(log).spawn().unwrap()
+}
+
+fn sigterm(child: &std::process::Child) {
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn wait_exit(child: &mut std::process::Child, secs: u64) -> std::process::ExitStatus {
+    let mut status = None;
+    wait_for("agent exit", secs, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status.unwrap()
+}
+
+/// See deploy-tools B18: one SSH connection serves every poll.
+#[test]
+fn one_connection_across_polls_and_clean_shutdown() {
+    let reg = Registry::start();
+    let host = Host::new();
+    add_version(&reg, "code", "v01", &tar_gz(&[("a", b"1")]));
+    reg.ssh("addconf -name project1 -layer code:v01")
+        .assert_ok();
+    let mut child = spawn_agent(&host, &reg, &["-poll", "1s"]);
+    let log = || fs::read_to_string(host.path().join("agent.log")).unwrap_or_default();
+    wait_for("first deploy", 60, || {
+        log().contains("switched to the new configuration")
+    });
+    // Let several polls pass, then change the configuration: picked up on the same connection.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    add_version(&reg, "code", "v02", &tar_gz(&[("a", b"2")]));
+    reg.ssh("changeconf -name project1 -component code -version v02")
+        .assert_ok();
+    wait_for("second deploy", 60, || {
+        log().matches("switched to the new configuration").count() == 2
+    });
+    sigterm(&child);
+    let status = wait_exit(&mut child, 30);
+    assert!(status.success(), "exit {status:?}\n{}", log());
+    let log = log();
+    assert_eq!(log.matches("connected to the registry").count(), 1, "{log}");
+    assert!(log.contains(" terminated\n"), "{log}");
+}
+
+/// See deploy-tools B17: on shutdown the whole script process group is stopped.
+#[test]
+fn shutdown_stops_script_and_its_children() {
+    let reg = Registry::start();
+    let host = Host::new();
+    add_version(&reg, "code", "v01", &tar_gz(&[("a", b"1")]));
+    reg.ssh("addconf -name project1 -layer code:v01")
+        .assert_ok();
+    host.script("#!/bin/sh\nsleep 300 &\necho $! > child.pid\nwait\n");
+    let mut child = spawn_agent(&host, &reg, &[]);
+    let pidfile = host.path().join("child.pid");
+    wait_for("script start", 60, || {
+        fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let grandchild: u32 = fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    sigterm(&child);
+    let status = wait_exit(&mut child, 30);
+    assert!(status.success());
+    wait_for("grandchild to die", 15, || {
+        let stat = fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+        stat.is_empty() || stat.contains(") Z ")
+    });
+    assert_eq!(
+        host.state(),
+        "",
+        "an interrupted deploy must not be recorded"
+    );
+}
+
+/// See deploy-tools B19: known_hosts instead of a fingerprint, and several fingerprints.
+#[test]
+fn known_hosts_and_fingerprint_rotation() {
+    let reg = Registry::start();
+    let host = Host::new();
+    add_version(&reg, "code", "v01", &tar_gz(&[("a", b"1")]));
+    reg.ssh("addconf -name project1 -layer code:v01")
+        .assert_ok();
+    let kh = reg.known_hosts();
+    let mut c = Command::new(bin("deploy-agent"));
+    c.current_dir(host.path()).args([
+        "-once",
+        "-addr",
+        &format!("127.0.0.1:{}", reg.port),
+        "-known-hosts",
+        kh.to_str().unwrap(),
+        "-name",
+        "project1",
+        "-key",
+        reg.keys.service.to_str().unwrap(),
+    ]);
+    run_with_timeout(&mut c, None, DEFAULT_TIMEOUT_SECS).assert_ok();
+    assert_eq!(host.state(), served_config(&reg));
+
+    let other = Host::new();
+    let rotated = format!(
+        "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA,{}",
+        reg.fingerprint()
+    );
+    other.once(&reg, &["-fp", &rotated]).assert_ok();
+    let third = Host::new();
+    third
+        .once(
+            &reg,
+            &["-fp", "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"],
+        )
+        .assert_fail()
+        .assert_stderr_contains("host key");
+}
