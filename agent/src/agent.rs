@@ -253,8 +253,12 @@ impl Agent {
     async fn build_tree(&mut self, remote: &Configuration) -> anyhow::Result<()> {
         // Re-hash cached blobs before trusting them: a damaged one is fetched again (B15).
         for l in &remote.layers {
-            let cache = &self.cache;
-            let ok = cache.verify(&l.hash)?;
+            // Hashing a large layer takes a while: off the async workers.
+            let cache = self.cache.clone();
+            let hash = l.hash.clone();
+            let ok = tokio::task::spawn_blocking(move || cache.verify(&hash))
+                .await
+                .context("verify task failed")??;
             if !ok {
                 let blobs = self.source.blobs().await?;
                 self.cache.fetch(&blobs, &l.hash).await?;

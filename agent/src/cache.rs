@@ -101,6 +101,7 @@ pub struct Fetched {
     pub resumed_from: u64,
 }
 
+#[derive(Clone)]
 pub struct Cache {
     dir: PathBuf,
     io_timeout: Duration,

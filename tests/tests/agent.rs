@@ -356,6 +356,11 @@ fn refuse(hostile: Vec<u8>, entry: &str) {
     );
     assert!(!host.path().join("escaped.txt").exists());
     assert!(!host.path().join("outside").join("through.txt").exists());
+    assert_eq!(
+        listing(host.path()),
+        Vec::<String>::new(),
+        "written into the agent's directory"
+    );
     let after = listing(host.path().parent().unwrap());
     assert_eq!(
         before, after,
@@ -746,4 +751,33 @@ fn known_hosts_and_fingerprint_rotation() {
         )
         .assert_fail()
         .assert_stderr_contains("host key");
+}
+
+/// See deploy-tools B15: a cached blob damaged on disk is detected and fetched again.
+#[test]
+fn damaged_cache_entry_is_fetched_again() {
+    let reg = Registry::start();
+    let host = Host::new();
+    let code = add_version(&reg, "code", "v01", &tar_gz(&[("bin/app", b"code v01")]));
+    add_version(&reg, "config", "v01", &tar_gz(&[("etc/c", b"1")]));
+    add_version(&reg, "config", "v02", &tar_gz(&[("etc/c", b"2")]));
+    reg.ssh("addconf -name project1 -layer code:v01 -layer config:v01")
+        .assert_ok();
+    host.once(&reg, &[]).assert_ok();
+    let blob = host.path().join("cache").join(&code);
+    let mut bytes = fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&blob, bytes).unwrap();
+    reg.ssh("changeconf -name project1 -component config -version v02")
+        .assert_ok();
+    let out = host.once(&reg, &[]);
+    out.assert_ok()
+        .assert_stderr_contains("cached layer is corrupt");
+    assert_eq!(
+        fs::read(host.path().join("current/bin/app")).unwrap(),
+        b"code v01"
+    );
+    assert_eq!(fs::read(host.path().join("current/etc/c")).unwrap(), b"2");
+    assert_eq!(sha256_hex(&fs::read(&blob).unwrap()), code);
 }

@@ -337,9 +337,9 @@ impl Tree {
         let res = self
             .clear_dir_at(dir, parent, name)
             .and_then(|_| Ok(rustix::fs::renameat(dir, tmp, dir, name)?));
-        if res.is_err() {
-            let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
-        }
+        // Also after success: renaming a hard link over another name of the same inode does
+        // nothing and leaves `tmp` behind (rename(2)).
+        let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
         res
     }
 

@@ -349,6 +349,18 @@ fn overwrite_does_not_write_through_hard_link() {
 }
 
 #[test]
+fn hard_link_to_itself_leaves_no_temp_file() {
+    let mut f = Fixture::new();
+    f.layer(&[file("a", "x"), hardlink("a", "a")]);
+    f.build().unwrap();
+    let names: Vec<_> = std::fs::read_dir(f.tree())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec!["a"]);
+}
+
+#[test]
 fn duplicate_entries_last_wins() {
     let mut f = Fixture::new();
     f.layer(&[file("x", "first"), dir("x", 0o755), file("x", "third")]);
