@@ -225,3 +225,44 @@ fn unreadable_host_key_is_fatal() {
         "not a key\n"
     );
 }
+
+#[test]
+fn fsck_finds_corrupt_missing_and_unknown_blobs() {
+    let mut reg = Registry::start();
+    let a = add_version(&reg, "code", "v01", &tar_gz(&[("a", b"a")]));
+    let b = add_version(&reg, "code", "v02", &tar_gz(&[("b", b"b")]));
+    let out = reg.ssh("fsck");
+    out.assert_code(0);
+    assert!(out.stdout_str().starts_with("checked 2 blobs ("), "{out}");
+    assert!(out.stdout_str().ends_with("): no problems\n"), "{out}");
+
+    // Bit rot in one blob, another one gone, a stray file.
+    let files = reg.data_dir().join("files");
+    use std::os::unix::fs::PermissionsExt;
+    let pa = files.join(&a);
+    fs::set_permissions(&pa, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(&pa, b"rotten").unwrap();
+    fs::remove_file(files.join(&b)).unwrap();
+    let stray = "0".repeat(64);
+    fs::write(files.join(&stray), b"").unwrap();
+    let out = reg.ssh("fsck");
+    out.assert_code(1);
+    let text = out.stdout_str();
+    for needle in [
+        format!("hash mismatch for files/{a}"),
+        format!("missing blob files/{b}"),
+        format!("version \"v02\" of component \"code\" references missing blob {b}"),
+        format!("unknown file files/{stray}"),
+        "): 4 problems\n".to_string(),
+    ] {
+        assert!(text.contains(&needle), "{needle:?} not reported:\n{out}");
+    }
+
+    // The same check offline, on a stopped registry's directory.
+    reg.stop();
+    let mut c = Command::new(e2e::bin("deploy-registry"));
+    c.arg("-fsck").arg("-dir").arg(reg.data_dir());
+    let off = e2e::run(&mut c, None);
+    off.assert_code(1);
+    eqnice!(text, off.stdout_str());
+}
