@@ -548,3 +548,198 @@ async fn run_piped(
         channel.data(outcome.output.as_bytes()).await
     }
 }
+
+/// In-process checks of the channel request rules with a russh client: the parts OpenSSH's
+/// `ssh` cannot drive (a second subsystem on one channel, window-change after exec).
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use russh::keys::ssh_key::{Algorithm, PrivateKey};
+    use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+
+    use super::*;
+    use crate::keys::Keyring;
+    use crate::server::{self, Shared};
+    use crate::store::{Options, Store};
+
+    struct Client;
+
+    impl russh::client::Handler for Client {
+        type Error = russh::Error;
+        async fn check_server_key(
+            &mut self,
+            _key: &PublicKeyOrCertificate,
+        ) -> Result<bool, Self::Error> {
+            Ok(true)
+        }
+    }
+
+    struct Harness {
+        addr: SocketAddr,
+        op: Arc<PrivateKey>,
+        srv: Arc<PrivateKey>,
+        stop: Option<oneshot::Sender<()>>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn key_file(path: &Path, key: &PrivateKey) {
+        std::fs::write(
+            path,
+            format!("# test\n{}\n", key.public_key().to_openssh().unwrap()),
+        )
+        .unwrap();
+    }
+
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let op = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let srv = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        key_file(&dir.path().join("op"), &op);
+        key_file(&dir.path().join("srv"), &srv);
+        let keys =
+            Arc::new(Keyring::load(&dir.path().join("op"), &dir.path().join("srv")).unwrap());
+        let store = Store::open(&dir.path().join("data"), Options::default()).unwrap();
+        let host = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let shared = Arc::new(Shared {
+            store,
+            keys,
+            token: tokio_util::sync::CancellationToken::new(),
+            tracker: tokio_util::task::TaskTracker::new(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = Arc::new(server::ssh_config(host, Some(Duration::from_secs(30))));
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(server::run(
+            listener,
+            config,
+            shared,
+            8,
+            Duration::from_secs(2),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        Harness {
+            addr,
+            op: Arc::new(op),
+            srv: Arc::new(srv),
+            stop: Some(tx),
+            _dir: dir,
+        }
+    }
+
+    async fn login(
+        h: &Harness,
+        user: &str,
+        key: &Arc<PrivateKey>,
+    ) -> russh::client::Handle<Client> {
+        let config = Arc::new(russh::client::Config::default());
+        let mut session = russh::client::connect(config, h.addr, Client)
+            .await
+            .unwrap();
+        let auth = session
+            .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key.clone(), None))
+            .await
+            .unwrap();
+        assert!(auth.success(), "login as {user}");
+        session
+    }
+
+    /// The reply to the last request: true for success.
+    async fn reply(channel: &mut Channel<russh::client::Msg>) -> bool {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), channel.wait())
+                .await
+                .unwrap()
+            {
+                Some(ChannelMsg::Success) => return true,
+                Some(ChannelMsg::Failure) => return false,
+                Some(_) => continue,
+                None => panic!("channel closed before the reply"),
+            }
+        }
+    }
+
+    /// Collects stdout, the exit status and refused requests until the channel closes.
+    async fn output(channel: &mut Channel<russh::client::Msg>) -> (String, Option<u32>, usize) {
+        let (mut out, mut status, mut refused) = (Vec::new(), None, 0);
+        while let Some(msg) = tokio::time::timeout(Duration::from_secs(5), channel.wait())
+            .await
+            .unwrap()
+        {
+            match msg {
+                ChannelMsg::Data { data } => out.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                ChannelMsg::Failure => refused += 1,
+                _ => {}
+            }
+        }
+        (String::from_utf8(out).unwrap(), status, refused)
+    }
+
+    #[tokio::test]
+    async fn service_gets_one_sftp_per_channel_and_nothing_else() {
+        let mut h = start().await;
+        let session = login(&h, "deploy-agent", &h.srv.clone()).await;
+        let mut ch = session.channel_open_session().await.unwrap();
+        ch.exec(true, "components").await.unwrap();
+        assert!(!reply(&mut ch).await, "exec refused");
+        ch.request_pty(true, "xterm", 80, 24, 0, 0, &[])
+            .await
+            .unwrap();
+        assert!(!reply(&mut ch).await, "pty refused");
+        ch.request_subsystem(true, "sftp").await.unwrap();
+        assert!(reply(&mut ch).await, "sftp accepted");
+        // B23: a second sftp server on the same channel is refused. (The server sends nothing
+        // on the SFTP stream until the client's INIT, so the next message is the reply.)
+        ch.request_subsystem(true, "sftp").await.unwrap();
+        assert!(!reply(&mut ch).await, "second sftp on one channel refused");
+        drop(h.stop.take());
+    }
+
+    #[tokio::test]
+    async fn operator_exec_then_only_window_change() {
+        let mut h = start().await;
+        let session = login(&h, "alice", &h.op.clone()).await;
+        let mut ch = session.channel_open_session().await.unwrap();
+        ch.set_env(true, "LANG", "C").await.unwrap();
+        assert!(!reply(&mut ch).await, "env refused");
+        ch.exec(true, "help").await.unwrap();
+        assert!(reply(&mut ch).await, "exec accepted");
+        // After exec: window-change is still accepted (B12), a second exec is refused.
+        ch.window_change(100, 40, 0, 0).await.unwrap();
+        ch.exec(true, "components").await.unwrap();
+        let (out, status, refused) = output(&mut ch).await;
+        assert!(out.starts_with("addver "), "{out}");
+        assert_eq!((status, refused), (Some(0), 1));
+        // A bad command: message on stdout, status 1.
+        let mut ch = session.channel_open_session().await.unwrap();
+        ch.exec(true, "showconf").await.unwrap();
+        assert!(reply(&mut ch).await);
+        assert_eq!(
+            output(&mut ch).await,
+            ("name should be set\n".to_string(), Some(1), 0)
+        );
+        drop(h.stop.take());
+    }
+
+    #[tokio::test]
+    async fn wrong_role_key_is_refused() {
+        let h = start().await;
+        let config = Arc::new(russh::client::Config::default());
+        let mut session = russh::client::connect(config, h.addr, Client)
+            .await
+            .unwrap();
+        let auth = session
+            .authenticate_publickey(
+                "deploy-agent",
+                PrivateKeyWithHashAlg::new(h.op.clone(), None),
+            )
+            .await
+            .unwrap();
+        assert!(!auth.success());
+    }
+}
