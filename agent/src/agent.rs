@@ -231,6 +231,9 @@ impl Agent {
                 Ok(Some(f)) => {
                     fetched += 1;
                     bytes += f.downloaded;
+                    if f.resumed_from > 0 {
+                        tracing::info!(layer = %l.hash, "download resumed at byte {}", f.resumed_from);
+                    }
                     tracing::debug!(layer = %l.hash, bytes = f.downloaded, resumed_from = f.resumed_from, "layer downloaded");
                 }
                 Ok(None) => {}

@@ -781,3 +781,79 @@ fn damaged_cache_entry_is_fetched_again() {
     assert_eq!(fs::read(host.path().join("current/etc/c")).unwrap(), b"2");
     assert_eq!(sha256_hex(&fs::read(&blob).unwrap()), code);
 }
+
+/// Incompressible bytes, so a layer's size is its transfer size.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.extend_from_slice(&seed.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// The registry dies in the middle of a download: one clear log line, the partial download is
+/// kept, and after the registry is back the agent resumes where it stopped.
+#[test]
+fn registry_gone_mid_transfer_then_resume() {
+    let mut reg = Registry::start();
+    let host = Host::new();
+    let big = tar_gz(&[("big.bin", &noise(160 << 20, 7))]);
+    let hash = add_version(&reg, "code", "v01", &big);
+    reg.ssh("addconf -name project1 -layer code:v01")
+        .assert_ok();
+    let mut child = spawn_agent(&host, &reg, &["-poll", "1s"]);
+    let partial = host.path().join("cache").join(format!("{hash}.partial"));
+    wait_for("download to start", 60, || {
+        fs::metadata(&partial).is_ok_and(|m| m.len() > (4 << 20))
+    });
+    reg.kill9();
+    let log = || fs::read_to_string(host.path().join("agent.log")).unwrap_or_default();
+    wait_for("the agent to notice", 90, || {
+        log().contains("registry connection lost while downloading layer")
+            || log().contains("no data from the registry")
+    });
+    let kept = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    assert!(kept > 0, "partial download not kept\n{}", log());
+    reg.restart();
+    wait_for("deploy after restart", 120, || {
+        log().contains("switched to the new configuration")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = log();
+    assert!(log.contains("download resumed at byte"), "{log}");
+    assert_eq!(
+        sha256_hex(&fs::read(host.path().join("cache").join(&hash)).unwrap()),
+        hash
+    );
+}
+
+/// See deploy-tools B17: a failing script is retried with backoff, not every poll.
+#[test]
+fn failing_script_backs_off() {
+    let reg = Registry::start();
+    let host = Host::new();
+    add_version(&reg, "code", "v01", &tar_gz(&[("a", b"1")]));
+    reg.ssh("addconf -name project1 -layer code:v01")
+        .assert_ok();
+    host.script("#!/bin/sh\necho x >> attempts\nexit 1\n");
+    let mut child = spawn_agent(&host, &reg, &["-poll", "1s"]);
+    let attempts =
+        || fs::read_to_string(host.path().join("attempts")).map_or(0, |s| s.lines().count());
+    wait_for("first attempt", 60, || attempts() >= 1);
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    let _ = child.kill();
+    let _ = child.wait();
+    let n = attempts();
+    let log = fs::read_to_string(host.path().join("agent.log")).unwrap();
+    // Polls every ~1 s; backoff 1 s, 2 s, 4 s allows about 4 attempts in 7 s, not 8.
+    assert!((2..=4).contains(&n), "{n} attempts\n{log}");
+    assert!(
+        log.contains("deploy script failed, next attempt in"),
+        "{log}"
+    );
+}
