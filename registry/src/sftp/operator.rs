@@ -5,7 +5,8 @@
 //! soon as `put` returns. Handles still open when the session ends are finished the same way,
 //! as the original did. Everything else (reads, listings, stat, mutations) is refused with
 //! PERMISSION_DENIED, as the original refused it; `realpath` answers the cleaned path so that
-//! `pwd` is `/`.
+//! `pwd` is `/`. One deliberate difference: FSETSTAT on an upload handle succeeds (and is
+//! ignored), so that `scp` and `put -p` finish without an error.
 //!
 //! Each upload has a writer task: WRITE hands its data to it and is answered at once, so
 //! hashing and writing the previous chunks overlap with receiving the next ones. A failed
@@ -292,13 +293,20 @@ impl russh_sftp::server::Handler for Operator {
         Err(denied())
     }
 
+    /// Accepted and ignored on an upload handle: OpenSSH `scp` (SFTP mode) and `sftp put -p`
+    /// set the mode after writing, and blobs are stored 0600 whatever they ask. The original
+    /// refused it, which made both report an error although the upload went through.
     async fn fsetstat(
         &mut self,
-        _id: u32,
-        _handle: String,
+        id: u32,
+        handle: String,
         _attrs: FileAttributes,
     ) -> Result<Status, StatusReply> {
-        Err(denied())
+        match self.uploads.get(&handle) {
+            Some(Slot::Open(_)) => Ok(ok(id)),
+            Some(Slot::Failed(reply)) => Err(reply.clone()),
+            None => Err(bad_handle()),
+        }
     }
 
     async fn remove(&mut self, _id: u32, _filename: String) -> Result<Status, StatusReply> {
