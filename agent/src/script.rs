@@ -98,7 +98,9 @@ pub async fn run(inv: &Invocation<'_>, cancel: &CancellationToken) -> Result<(),
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| failed(go_exec_error(&e)))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| failed(go_exec_error(inv.script, &e)))?;
     let pgid = child.id().map(|p| p as i32);
     let hash = inv.new.hash.clone();
     let out = child
@@ -180,7 +182,16 @@ fn go_exit_status(status: &std::process::ExitStatus) -> String {
     }
 }
 
-fn go_exec_error(e: &std::io::Error) -> String {
+/// Go's `exec` start errors: `fork/exec ./deploy.sh: no such file or directory`, or for a bare
+/// name looked up in PATH, `exec: "deploy.sh": executable file not found in $PATH`.
+fn go_exec_error(script: &str, e: &std::io::Error) -> String {
+    if !script.contains('/') && e.kind() == std::io::ErrorKind::NotFound {
+        return format!("exec: {script:?}: executable file not found in $PATH");
+    }
+    format!("fork/exec {script}: {}", go_errno(e))
+}
+
+fn go_errno(e: &std::io::Error) -> String {
     let msg = e.to_string();
     let msg = msg.split(" (os error").next().unwrap_or(&msg).to_string();
     let mut c = msg.chars();
@@ -294,6 +305,33 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!("{s:?} call failure: exit status 3")
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_script_text_matches_go() {
+        let c = config();
+        let inv = |script| Invocation {
+            script,
+            old_id: "",
+            old_root: "u".into(),
+            new_root: "u/x".into(),
+            new: &c,
+            timeout: None,
+        };
+        let err = run(&inv("./no-such.sh"), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"./no-such.sh\" call failure: fork/exec ./no-such.sh: no such file or directory"
+        );
+        let err = run(&inv("no-such-script-in-path"), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"no-such-script-in-path\" call failure: exec: \"no-such-script-in-path\": executable file not found in $PATH"
         );
     }
 

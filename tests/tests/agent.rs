@@ -857,3 +857,13 @@ fn failing_script_backs_off() {
         "{log}"
     );
 }
+
+#[test]
+fn missing_configuration_is_file_does_not_exist() {
+    let reg = Registry::start();
+    let host = Host::new();
+    host.once(&reg, &["-name", "nosuch"])
+        .assert_fail()
+        .assert_stderr_contains("file does not exist");
+    assert_eq!(host.state(), "");
+}
