@@ -192,8 +192,6 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.channels
-            .retain(|_, c| !c.started || c.channel.is_some());
         if self.login.is_none() || self.channels.len() >= MAX_CHANNELS {
             // Dropping `reply` rejects the channel.
             return Ok(());
@@ -435,89 +433,97 @@ async fn run_shell(mut channel: Channel<Msg>, shared: Arc<Shared>, actor: Actor,
             return;
         }
     }
-    let status = 'session: loop {
+    let status = loop {
         let msg = tokio::select! {
             msg = channel.wait() => msg,
             // Shutdown ends an idle console; a command that has started is not interrupted.
             () = shared.token.cancelled() => {
                 let _ = channel.data(&b"\r\nserver shutting down\r\n"[..]).await;
-                break 'session 0;
+                break 0;
             }
         };
-        let lines: Vec<Result<String, Outcome>> = match msg {
+        let step = match msg {
             Some(ChannelMsg::Data { data }) => match &mut editor {
-                Some(ed) => {
-                    out.clear();
-                    let events = ed.feed(&data, &mut out);
-                    if !out.is_empty() && channel.data(&out[..]).await.is_err() {
-                        break 'session 1;
-                    }
-                    let mut lines = Vec::new();
-                    for event in events {
-                        match event {
-                            Event::Line(line) => lines.push(Ok(line)),
-                            Event::Eof => {
-                                lines.push(Err(Outcome {
-                                    output: String::new(),
-                                    status: 0,
-                                }));
-                                break;
-                            }
+                Some(ed) => typed(&mut channel, &shared, &actor, ed, &data, &mut out).await,
+                None => {
+                    let mut step = Step::Continue;
+                    for line in splitter.feed(&data, MAX_LINE) {
+                        step = run_piped(&mut channel, &shared, &actor, piped(line)).await;
+                        if step != Step::Continue {
+                            break;
                         }
                     }
-                    lines
+                    step
                 }
-                None => splitter
-                    .feed(&data, MAX_LINE)
-                    .into_iter()
-                    .map(piped)
-                    .collect(),
             },
             Some(ChannelMsg::WindowChange { col_width, .. }) => {
                 if let Some(ed) = &mut editor {
                     ed.set_width(col_width);
                 }
-                continue;
+                Step::Continue
             }
-            Some(ChannelMsg::Eof) | None | Some(ChannelMsg::Close) => {
-                if editor.is_none()
-                    && let Some(last) = splitter.finish()
-                {
+            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => match splitter.finish() {
+                Some(last) if editor.is_none() => {
                     let _ = run_piped(&mut channel, &shared, &actor, piped(last)).await;
+                    Step::End(0)
                 }
-                break 'session 0;
-            }
-            Some(_) => continue,
+                _ => Step::End(0),
+            },
+            Some(_) => Step::Continue,
         };
-        for line in lines {
-            match (&mut editor, line) {
-                // Ctrl-D on an empty line.
-                (Some(_), Err(_)) => break 'session 0,
-                (Some(ed), Ok(line)) => {
-                    out.clear();
-                    if !line.trim().is_empty() {
-                        let outcome = run_line(&shared, &actor, line).await;
-                        out.extend_from_slice(&shell::crlf(&outcome.output));
-                    }
-                    ed.prompt(&mut out);
-                    if channel.data(&out[..]).await.is_err() {
-                        break 'session 1;
-                    }
-                }
-                (None, line) => {
-                    if run_piped(&mut channel, &shared, &actor, line)
-                        .await
-                        .is_err()
-                    {
-                        break 'session 1;
-                    }
-                }
-            }
+        if let Step::End(status) = step {
+            break status;
         }
     };
     let _ = channel.exit_status(status).await;
     let _ = channel.eof().await;
     let _ = channel.close().await;
+}
+
+/// Whether the console goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Continue,
+    End(u32),
+}
+
+/// Keystrokes from a pty: echo, and run each completed line before echoing what follows it.
+async fn typed(
+    channel: &mut Channel<Msg>,
+    shared: &Shared,
+    actor: &Actor,
+    ed: &mut Editor,
+    mut input: &[u8],
+    out: &mut Vec<u8>,
+) -> Step {
+    while !input.is_empty() {
+        out.clear();
+        let (event, used) = ed.step(input, out);
+        input = &input[used..];
+        let mut end = None;
+        match event {
+            Some(Event::Line(line)) if !line.trim().is_empty() => {
+                if channel.data(&out[..]).await.is_err() {
+                    return Step::End(1);
+                }
+                out.clear();
+                let outcome = run_line(shared, actor, line).await;
+                out.extend_from_slice(&shell::crlf(&outcome.output));
+                ed.prompt(out);
+            }
+            Some(Event::Line(_)) => ed.prompt(out),
+            // Ctrl-D on an empty line.
+            Some(Event::Eof) => end = Some(Step::End(0)),
+            None => {}
+        }
+        if !out.is_empty() && channel.data(&out[..]).await.is_err() {
+            return Step::End(1);
+        }
+        if let Some(end) = end {
+            return end;
+        }
+    }
+    Step::Continue
 }
 
 fn piped(p: Piped) -> Result<String, Outcome> {
@@ -536,17 +542,16 @@ async fn run_piped(
     shared: &Shared,
     actor: &Actor,
     line: Result<String, Outcome>,
-) -> Result<(), russh::Error> {
+) -> Step {
     let outcome = match line {
-        Ok(line) if line.trim().is_empty() => return Ok(()),
+        Ok(line) if line.trim().is_empty() => return Step::Continue,
         Ok(line) => run_line(shared, actor, line).await,
         Err(refused) => refused,
     };
-    if outcome.output.is_empty() {
-        Ok(())
-    } else {
-        channel.data(outcome.output.as_bytes()).await
+    if !outcome.output.is_empty() && channel.data(outcome.output.as_bytes()).await.is_err() {
+        return Step::End(1);
     }
+    Step::Continue
 }
 
 /// In-process checks of the channel request rules with a russh client: the parts OpenSSH's
@@ -723,6 +728,42 @@ mod tests {
             output(&mut ch).await,
             ("name should be set\n".to_string(), Some(1), 0)
         );
+        drop(h.stop.take());
+    }
+
+    #[tokio::test]
+    async fn shell_with_and_without_pty() {
+        let mut h = start().await;
+        let session = login(&h, "alice", &h.op.clone()).await;
+        let mut ch = session.channel_open_session().await.unwrap();
+        ch.request_pty(true, "xterm", 80, 24, 0, 0, &[])
+            .await
+            .unwrap();
+        assert!(reply(&mut ch).await);
+        ch.request_shell(true).await.unwrap();
+        assert!(reply(&mut ch).await);
+        // A second channel must not make the running shell lose its window-change rights.
+        let _other = session.channel_open_session().await.unwrap();
+        ch.window_change(100, 40, 0, 0).await.unwrap();
+        ch.data(&b"showconf\r\x04"[..]).await.unwrap();
+        let (out, status, _) = output(&mut ch).await;
+        let prompt = "\x1b[31m> \x1b[0m";
+        assert_eq!(
+            out,
+            format!("{prompt}showconf\r\nname should be set\r\n{prompt}\r\n")
+        );
+        assert_eq!(status, Some(0));
+        // Without a pty: no prompt, no echo, LF-terminated lines, blank lines skipped.
+        let mut ch = session.channel_open_session().await.unwrap();
+        ch.request_shell(true).await.unwrap();
+        assert!(reply(&mut ch).await);
+        ch.data(&b"showconf\n\ncomponents\nshowconf -name x"[..])
+            .await
+            .unwrap();
+        ch.eof().await.unwrap();
+        let (out, status, _) = output(&mut ch).await;
+        assert_eq!(out, "name should be set\nconfiguration \"x\" not found\n");
+        assert_eq!(status, Some(0));
         drop(h.stop.take());
     }
 

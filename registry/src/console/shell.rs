@@ -80,9 +80,30 @@ impl Editor {
     }
 
     /// Feeds input bytes; echo and redraws go to `out`.
-    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Vec<Event> {
+    /// Feeds all of `input` (for tests and callers that do not interleave output).
+    #[cfg(test)]
+    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Vec<Event> {
         let mut events = Vec::new();
-        for &b in input {
+        while !input.is_empty() {
+            let (event, used) = self.step(input, out);
+            input = &input[used..];
+            match event {
+                Some(Event::Eof) => {
+                    events.push(Event::Eof);
+                    break;
+                }
+                Some(event) => events.push(event),
+                None => {}
+            }
+        }
+        events
+    }
+
+    /// Feeds `input` up to the first event (a line or end of input) and returns it with the
+    /// number of bytes used, so the caller can run a line and print its output before the
+    /// echo of anything typed after it.
+    pub fn step(&mut self, input: &[u8], out: &mut Vec<u8>) -> (Option<Event>, usize) {
+        for (i, &b) in input.iter().enumerate() {
             let cr_before = std::mem::replace(&mut self.after_cr, false);
             match self.escape {
                 Escape::Esc => {
@@ -117,10 +138,10 @@ impl Editor {
             match b {
                 b'\r' => {
                     self.after_cr = true;
-                    events.push(self.enter(out));
+                    return (Some(self.enter(out)), i + 1);
                 }
                 b'\n' if cr_before => {}
-                b'\n' => events.push(self.enter(out)),
+                b'\n' => return (Some(self.enter(out)), i + 1),
                 0x1b => self.escape = Escape::Esc,
                 0x01 => self.move_to(0, out),
                 0x05 => self.move_to(self.line.len(), out),
@@ -138,8 +159,7 @@ impl Editor {
                 0x04 => {
                     if self.line.is_empty() {
                         out.extend_from_slice(b"\r\n");
-                        events.push(Event::Eof);
-                        return events;
+                        return (Some(Event::Eof), i + 1);
                     }
                     self.delete_forward(out);
                 }
@@ -174,7 +194,7 @@ impl Editor {
                 _ => {}
             }
         }
-        events
+        (None, input.len())
     }
 
     fn csi_key(&mut self, params: &[u8], last: u8, out: &mut Vec<u8>) {
@@ -448,6 +468,22 @@ mod tests {
         assert_eq!(feed(&mut ed, b"d\r").0, vec![line("d")]);
         assert_eq!(feed(&mut ed, b"\ne\n").0, vec![line("e")]);
         assert_eq!(feed(&mut ed, b"\r\r").0, vec![line(""), line("")]);
+    }
+
+    #[test]
+    fn step_stops_after_each_line_so_output_can_come_first() {
+        let mut ed = Editor::new(80);
+        let mut out = Vec::new();
+        let input = b"ab\r\ncd\x04";
+        let (ev, used) = ed.step(input, &mut out);
+        assert_eq!(
+            (ev, used, out.as_slice()),
+            (Some(line("ab")), 3, &b"ab\r\n"[..])
+        );
+        out.clear();
+        let (ev, used) = ed.step(&input[3..], &mut out);
+        // The LF of the CRLF pair is swallowed, then "cd" and ^D (delete forward: nothing).
+        assert_eq!((ev, used, out.as_slice()), (None, 4, &b"cd"[..]));
     }
 
     #[test]
