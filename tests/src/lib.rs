@@ -18,6 +18,7 @@ use std::fmt;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -261,7 +262,9 @@ pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, secs: u64) -> O
         Stdio::null()
     })
     .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    .stderr(Stdio::piped())
+    // Its own process group, so a timeout kills helpers too (sftp's ssh child).
+    .process_group(0);
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmdline}: {e}"));
@@ -281,6 +284,7 @@ pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, secs: u64) -> O
         match child.try_wait().expect("try_wait") {
             Some(status) => break status,
             None if Instant::now() >= deadline => {
+                kill_group(&child);
                 let _ = child.kill();
                 let status = child.wait().expect("wait");
                 let stdout = out_reader.join().unwrap_or_default();
@@ -306,6 +310,17 @@ pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, secs: u64) -> O
         status,
         stdout,
         stderr,
+    }
+}
+
+/// SIGKILL to the process group led by `child` (see `process_group(0)` above).
+fn kill_group(child: &Child) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) with a negative pid signals our child's own process group.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
     }
 }
 
