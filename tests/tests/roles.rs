@@ -376,3 +376,22 @@ fn from_option_is_enforced() {
     out.assert_code(255);
     out.assert_stderr_contains(DENIED);
 }
+
+#[test]
+fn expiry_time_option_is_enforced() {
+    let keys = Keys::new();
+    let expired = keys.extra("expired");
+    let valid = keys.extra("valid");
+    let lines = format!(
+        "{}expiry-time=\"20000101\" {}expiry-time=\"29991231\" {}",
+        keys.public(&keys.operator),
+        keys.public(&expired),
+        keys.public(&valid)
+    );
+    fs::write(&keys.operator_keys, lines).unwrap();
+    let reg = Registry::start_in(None, keys, &[]);
+    reg.ssh_as("op", &valid, "components").assert_ok();
+    let out = reg.ssh_as("op", &expired, "components");
+    out.assert_code(255);
+    out.assert_stderr_contains(DENIED);
+}
