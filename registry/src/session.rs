@@ -586,6 +586,7 @@ mod tests {
         op: Arc<PrivateKey>,
         srv: Arc<PrivateKey>,
         stop: Option<oneshot::Sender<()>>,
+        server: tokio::task::JoinHandle<()>,
         _dir: tempfile::TempDir,
     }
 
@@ -617,7 +618,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let config = Arc::new(server::ssh_config(host, Some(Duration::from_secs(30))));
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(server::run(
+        let server = tokio::spawn(server::run(
             listener,
             config,
             shared,
@@ -632,6 +633,7 @@ mod tests {
             op: Arc::new(op),
             srv: Arc::new(srv),
             stop: Some(tx),
+            server,
             _dir: dir,
         }
     }
@@ -765,6 +767,31 @@ mod tests {
         assert_eq!(out, "name should be set\nconfiguration \"x\" not found\n");
         assert_eq!(status, Some(0));
         drop(h.stop.take());
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_idle_consoles_and_new_connections() {
+        let mut h = start().await;
+        let session = login(&h, "alice", &h.op.clone()).await;
+        let mut ch = session.channel_open_session().await.unwrap();
+        ch.request_pty(true, "xterm", 80, 24, 0, 0, &[])
+            .await
+            .unwrap();
+        assert!(reply(&mut ch).await);
+        ch.request_shell(true).await.unwrap();
+        assert!(reply(&mut ch).await);
+        drop(h.stop.take());
+        let (out, status, _) = output(&mut ch).await;
+        assert!(out.ends_with("server shutting down\r\n"), "{out:?}");
+        assert_eq!(status, Some(0));
+        tokio::time::timeout(Duration::from_secs(5), &mut h.server)
+            .await
+            .expect("run returns once the sessions are done")
+            .unwrap();
+        assert!(
+            tokio::net::TcpStream::connect(h.addr).await.is_err(),
+            "listener closed"
+        );
     }
 
     #[tokio::test]
