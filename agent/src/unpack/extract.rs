@@ -9,6 +9,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -22,6 +23,73 @@ const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 const TEMP_PREFIX: &str = ".deploy-agent-tmp-";
 
+/// Longest GNU long name / long link record accepted (Linux paths stop at 4 KiB).
+const MAX_LONG_NAME: u64 = 64 << 10;
+/// Largest PAX record set accepted for one entry.
+const MAX_PAX: u64 = 1 << 20;
+
+/// GNU long-name/long-link and PAX `path`/`linkpath` records, waiting for the entry they
+/// describe.
+#[derive(Default)]
+struct PendingMeta {
+    name: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+}
+
+impl PendingMeta {
+    /// Takes in `entry` if it is a metadata record (returns `true`), bounded in size.
+    fn absorb<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<bool, EntryError> {
+        let kind = entry.header().entry_type();
+        let too_big = |what: &str, max: u64| {
+            EntryError::Rejected(format!("{what} record larger than {max} bytes"))
+        };
+        if kind.is_gnu_longname() || kind.is_gnu_longlink() {
+            if entry.size() > MAX_LONG_NAME {
+                return Err(too_big("GNU long name", MAX_LONG_NAME));
+            }
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data)?;
+            while data.last() == Some(&0) {
+                data.pop();
+            }
+            if kind.is_gnu_longname() {
+                self.name = Some(data);
+            } else {
+                self.link = Some(data);
+            }
+            return Ok(true);
+        }
+        if kind.is_pax_local_extensions() || kind.is_pax_global_extensions() {
+            if entry.size() > MAX_PAX {
+                return Err(too_big("PAX", MAX_PAX));
+            }
+            if kind.is_pax_global_extensions() {
+                io::copy(entry, &mut io::sink())?;
+                return Ok(true);
+            }
+            if let Some(exts) = entry.pax_extensions()? {
+                for ext in exts {
+                    let ext = ext?;
+                    match ext.key_bytes() {
+                        b"path" => self.name = Some(ext.value_bytes().to_vec()),
+                        b"linkpath" => self.link = Some(ext.value_bytes().to_vec()),
+                        // It would change how the archive is framed, which raw reading does
+                        // not follow; only files over 8 GiB need it.
+                        b"size" => {
+                            return Err(EntryError::Rejected(
+                                "PAX size records (files over 8 GiB) are not supported".into(),
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
 /// Why one entry failed.
 #[derive(Debug)]
 pub(crate) enum EntryError {
@@ -30,6 +98,8 @@ pub(crate) enum EntryError {
     /// A limit was exceeded.
     Limit(String),
     Io(io::Error),
+    /// The agent is shutting down.
+    Cancelled,
 }
 
 impl From<io::Error> for EntryError {
@@ -88,35 +158,63 @@ impl Tree {
     }
 
     /// Extracts one layer (already wrapped by [`super::decode::open_layer`]).
-    pub(crate) fn apply_layer(&mut self, mut stream: Budgeted) -> Result<(), LayerFailure> {
+    pub(crate) fn apply_layer(
+        &mut self,
+        mut stream: Budgeted,
+        cancel: &AtomicBool,
+    ) -> Result<(), LayerFailure> {
         let mut this_layer: HashSet<Comps> = HashSet::new();
+        let fail = |entry: Option<&[u8]>, error: EntryError| LayerFailure {
+            entry: entry.map(display_name),
+            error,
+        };
         {
             let mut archive = tar::Archive::new(&mut stream);
-            let entries = archive.entries().map_err(|e| LayerFailure {
-                entry: None,
-                error: e.into(),
-            })?;
+            // Raw entries: the long-name and PAX records are read here, with a size cap, rather
+            // than by `tar` into memory of whatever size the header claims.
+            let entries = archive
+                .entries()
+                .map_err(|e| fail(None, e.into()))?
+                .raw(true);
+            let mut meta = PendingMeta::default();
             for entry in entries {
-                let mut entry = entry.map_err(|e| LayerFailure {
-                    entry: None,
-                    error: e.into(),
-                })?;
-                let raw_name = entry.path_bytes().into_owned();
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(fail(None, EntryError::Cancelled));
+                }
+                let mut entry = entry.map_err(|e| fail(None, e.into()))?;
                 self.entries += 1;
                 if self.entries > self.policy.limits.max_entries {
-                    return Err(LayerFailure {
-                        entry: Some(display_name(&raw_name)),
-                        error: EntryError::Limit(format!(
+                    let name = meta
+                        .name
+                        .take()
+                        .unwrap_or_else(|| entry.path_bytes().into_owned());
+                    return Err(fail(
+                        Some(&name),
+                        EntryError::Limit(format!(
                             "more than {} archive entries",
                             self.policy.limits.max_entries
                         )),
-                    });
+                    ));
                 }
-                self.apply_entry(&mut entry, &raw_name, &mut this_layer)
-                    .map_err(|error| LayerFailure {
-                        entry: Some(display_name(&raw_name)),
-                        error,
-                    })?;
+                if meta.absorb(&mut entry).map_err(|e| fail(None, e))? {
+                    continue;
+                }
+                let raw_name = meta
+                    .name
+                    .take()
+                    .unwrap_or_else(|| entry.path_bytes().into_owned());
+                let link = meta
+                    .link
+                    .take()
+                    .or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
+                self.apply_entry(&mut entry, &raw_name, link, &mut this_layer)
+                    .map_err(|error| fail(Some(&raw_name), error))?;
+            }
+            if meta.name.is_some() || meta.link.is_some() {
+                return Err(fail(
+                    None,
+                    EntryError::Rejected("long name or PAX record without an entry".into()),
+                ));
             }
         }
         // Read to the real end so the gzip trailer (CRC, length) is checked and the budget
@@ -138,12 +236,10 @@ impl Tree {
         &mut self,
         entry: &mut tar::Entry<'_, R>,
         raw_name: &[u8],
+        link: Option<Vec<u8>>,
         this_layer: &mut HashSet<Comps>,
     ) -> Result<(), EntryError> {
         let kind = entry.header().entry_type();
-        if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() {
-            return Ok(());
-        }
         let comps =
             enclosed_components(raw_name).map_err(|r| EntryError::Rejected(r.to_string()))?;
         let Some((name, parent)) = comps.split_last() else {
@@ -170,7 +266,7 @@ impl Tree {
         let perm = self.permitted_mode(mode);
 
         match kind {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            EntryType::Regular | EntryType::Continuous => {
                 let dir = self.open_dir(parent, true)?;
                 self.clear_dir_at(&dir, parent, &name)?;
                 let tmp = temp_name();
@@ -213,11 +309,9 @@ impl Tree {
                 self.dir_meta.insert(comps.clone(), (perm, mtime));
             }
             EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
+                let target = link
                     .filter(|t| !t.is_empty())
-                    .ok_or_else(|| EntryError::Rejected("symlink without a target".into()))?
-                    .into_owned();
+                    .ok_or_else(|| EntryError::Rejected("symlink without a target".into()))?;
                 let dir = self.open_dir(parent, true)?;
                 // Link targets are data: stored as given, never followed by us.
                 let tmp = temp_name();
@@ -225,10 +319,8 @@ impl Tree {
                 self.replace_with(&dir, parent, &tmp, &name)?;
             }
             EntryType::Link => {
-                let raw_target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| EntryError::Rejected("hard link without a target".into()))?
-                    .into_owned();
+                let raw_target =
+                    link.ok_or_else(|| EntryError::Rejected("hard link without a target".into()))?;
                 let target = enclosed_components(&raw_target)
                     .map_err(|r| EntryError::Rejected(format!("hard link target: {r}")))?;
                 let not_inside = || {
@@ -279,6 +371,11 @@ impl Tree {
                 // The name was just made by mknodat, so it is not a link to follow.
                 rustix::fs::chmodat(&dir, &tmp, Mode::from_raw_mode(perm), AtFlags::empty())?;
                 self.replace_with(&dir, parent, &tmp, &name)?;
+            }
+            EntryType::GNUSparse => {
+                return Err(EntryError::Rejected(
+                    "GNU sparse files are not supported".into(),
+                ));
             }
             other => {
                 return Err(EntryError::Rejected(format!(

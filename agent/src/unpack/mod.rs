@@ -155,7 +155,7 @@ pub fn build_tree(
                 source,
             }
         })?;
-        tree.apply_layer(stream)
+        tree.apply_layer(stream, cancel)
             .map_err(|f| layer_error(index, &layer.hash, f))?;
     }
     tree.apply_dir_metadata().map_err(|e| {
@@ -218,6 +218,7 @@ fn layer_error(index: usize, hash: &str, f: LayerFailure) -> UnpackError {
             entry: f.entry,
             reason,
         },
+        EntryError::Cancelled => UnpackError::Cancelled,
         EntryError::Io(source) => UnpackError::Layer {
             index,
             hash,

@@ -559,3 +559,94 @@ fn cancel_between_layers_leaves_nothing() {
     assert!(matches!(res, Err(UnpackError::Cancelled)));
     f.assert_nothing_left();
 }
+
+fn pax_record(key: &str, value: &str) -> Vec<u8> {
+    // "<len> key=value\n" where len counts itself.
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len() + 1;
+    while format!("{len}{body}").len() != len {
+        len += 1;
+    }
+    format!("{len}{body}").into_bytes()
+}
+
+fn meta(kind: u8, data: Vec<u8>) -> E {
+    E {
+        name: "././@LongLink",
+        kind,
+        link: "",
+        data,
+        mode: 0o644,
+        mtime: 0,
+    }
+}
+
+#[test]
+fn gnu_long_names_and_pax_paths_are_honoured_and_checked() {
+    let long: String = (0..30).map(|i| format!("dir{i:02}/")).collect::<String>() + "file.txt";
+    let mut lname = long.clone().into_bytes();
+    lname.push(0);
+    let mut f = Fixture::new();
+    f.layer(&[
+        meta(b'L', lname),
+        file("short-placeholder", "long"),
+        meta(
+            b'x',
+            [
+                pax_record("path", "pax/named.txt"),
+                pax_record("mtime", "1.5"),
+            ]
+            .concat(),
+        ),
+        file("ignored-name", "pax"),
+        meta(b'x', pax_record("linkpath", "pax/named.txt")),
+        hardlink("pax-link", "ignored-target"),
+    ]);
+    f.build().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(f.tree().join(&long)).unwrap(),
+        "long"
+    );
+    assert_eq!(
+        std::fs::read_to_string(f.tree().join("pax/named.txt")).unwrap(),
+        "pax"
+    );
+    assert_eq!(
+        std::fs::read_to_string(f.tree().join("pax-link")).unwrap(),
+        "pax"
+    );
+    assert!(!f.tree().join("short-placeholder").exists());
+
+    // The long name goes through the same checks as any other name.
+    let mut f = Fixture::new();
+    f.layer(&[
+        meta(b'x', pax_record("path", "../../pax-escape")),
+        file("x", "pwned"),
+    ]);
+    rejected(f.build(), "../../pax-escape", "'..'");
+    f.assert_nothing_left();
+}
+
+#[test]
+fn oversized_metadata_records_are_refused_before_reading() {
+    let mut f = Fixture::new();
+    f.layer(&[meta(b'L', vec![b'a'; 100 << 10]), file("x", "")]);
+    match f.build() {
+        Err(UnpackError::Rejected { reason, .. }) => {
+            assert!(reason.contains("GNU long name record larger"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut f = Fixture::new();
+    f.layer(&[meta(b'x', pax_record("size", "99999999999")), file("x", "")]);
+    match f.build() {
+        Err(UnpackError::Rejected { reason, .. }) => {
+            assert!(reason.contains("PAX size"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut f = Fixture::new();
+    f.layer(&[special("sparse", b'S')]);
+    rejected(f.build(), "sparse", "sparse");
+    f.assert_nothing_left();
+}
