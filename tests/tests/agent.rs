@@ -867,3 +867,61 @@ fn missing_configuration_is_file_does_not_exist() {
         .assert_stderr_contains("file does not exist");
     assert_eq!(host.state(), "");
 }
+
+/// `-dir` and `-state` elsewhere than the cwd; five layers, one changes, one is fetched.
+#[test]
+fn custom_dir_and_state_five_layers_one_fetched() {
+    let reg = Registry::start();
+    let host = Host::new();
+    let mut layers = String::new();
+    for i in 0..5 {
+        add_version(
+            &reg,
+            &format!("c{i}"),
+            "v1",
+            &tar_gz(&[(&format!("f{i}"), b"v1")]),
+        );
+        layers.push_str(&format!(" -layer c{i}:v1"));
+    }
+    reg.ssh(&format!("addconf -name project1{layers}"))
+        .assert_ok();
+    let args = ["-dir", "data", "-state", "st/state.json"];
+    let out = host.once(&reg, &args);
+    out.assert_ok();
+    assert!(fetched_line(&out).contains("5 of 5"));
+    let first = config_hash(&served_config(&reg));
+    assert_eq!(
+        fs::read_to_string(host.path().join("st/state.json")).unwrap(),
+        served_config(&reg)
+    );
+    assert_eq!(
+        fs::read_link(host.path().join("data/current")).unwrap(),
+        Path::new("unpacked").join(&first)
+    );
+    let env = env_of(&host, &first);
+    assert!(
+        env.contains(&("OLDROOT".into(), "data/unpacked".into())),
+        "{env:?}"
+    );
+    assert!(env.contains(&("NEWROOT".into(), format!("data/unpacked/{first}"))));
+    assert!(env.contains(&("LAYER_4_NAME".into(), "c4".into())));
+
+    add_version(&reg, "c2", "v2", &tar_gz(&[("f2", b"v2")]));
+    reg.ssh("changeconf -name project1 -component c2 -version v2")
+        .assert_ok();
+    let out = host.once(&reg, &args);
+    out.assert_ok();
+    assert!(
+        fetched_line(&out).contains("1 of 5"),
+        "{}",
+        fetched_line(&out)
+    );
+    assert_eq!(
+        fs::read(host.path().join("data/current/f2")).unwrap(),
+        b"v2"
+    );
+    assert_eq!(
+        fs::read(host.path().join("data/current/f4")).unwrap(),
+        b"v1"
+    );
+}
