@@ -84,6 +84,20 @@ impl RegistrySource {
     /// Reads `configs/<name>.json`. A missing configuration is `file does not exist`, as the
     /// original logged it.
     pub async fn fetch_config(&mut self, name: &str) -> anyhow::Result<Vec<u8>> {
+        let reused = self.conn.is_some();
+        match self.fetch_config_once(name).await {
+            // A kept connection may have died since the last poll (registry restart, idle
+            // timeout) without us noticing yet: one fresh attempt before calling it a failure.
+            Err(e) if reused && !is_not_found(&e) => {
+                tracing::info!(error = %format!("{e:#}"), "registry connection failed, reconnecting");
+                self.failures = 0;
+                self.fetch_config_once(name).await
+            }
+            res => res,
+        }
+    }
+
+    async fn fetch_config_once(&mut self, name: &str) -> anyhow::Result<Vec<u8>> {
         let timeout = self.io_timeout;
         let sftp = self.session().await?;
         let path = format!("configs/{name}.json");

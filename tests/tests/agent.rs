@@ -925,3 +925,35 @@ fn custom_dir_and_state_five_layers_one_fetched() {
         b"v1"
     );
 }
+
+/// A registry crash between polls: the dead kept connection is replaced and the agent
+/// carries on.
+#[test]
+fn registry_restart_between_polls_reconnects() {
+    let mut reg = Registry::start();
+    let host = Host::new();
+    add_version(&reg, "code", "v01", &tar_gz(&[("a", b"1")]));
+    reg.ssh("addconf -name project1 -layer code:v01")
+        .assert_ok();
+    let mut child = spawn_agent(&host, &reg, &["-poll", "1s"]);
+    let log = || fs::read_to_string(host.path().join("agent.log")).unwrap_or_default();
+    wait_for("first deploy", 60, || {
+        log().contains("switched to the new configuration")
+    });
+    // A crash, not a drain: the agent's kept connection just dies.
+    reg.kill9();
+    reg.restart();
+    add_version(&reg, "code", "v02", &tar_gz(&[("a", b"2")]));
+    reg.ssh("changeconf -name project1 -component code -version v02")
+        .assert_ok();
+    wait_for("deploy after restart", 60, || {
+        log().matches("switched to the new configuration").count() == 2
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        log().matches("connected to the registry").count() >= 2,
+        "{}",
+        log()
+    );
+}
