@@ -62,19 +62,26 @@ fn extended(id: u32, request: &str) -> Result<Packet, StatusReply> {
     Ok(Packet::ExtendedReply(ExtendedReply { id, data }))
 }
 
-/// Runs `handler` on `stream` (decoupled) and returns when the session ends, that is when
-/// russh-sftp drops the handler.
-async fn run<S, H>(stream: S, handler: H, ended: oneshot::Receiver<()>)
+/// Runs `handler` on `stream` (decoupled) until the session ends, that is until russh-sftp
+/// drops the handler; then runs `before_close` while the stream is still open, and closes it.
+async fn run<S, H, F>(stream: S, handler: H, ended: oneshot::Receiver<()>, before_close: F)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
     H: russh_sftp::server::Handler + Send + 'static,
+    F: Future<Output = ()>,
 {
     let config = russh_sftp::server::Config {
         max_client_packet_len: MAX_PACKET,
     };
-    russh_sftp::server::run_with_config(stream::decoupled(stream), handler, config).await;
+    let (stream, reader) = stream::decoupled_parts(stream);
+    russh_sftp::server::run_with_config(stream, handler, config).await;
     // The sender lives in the handler; it is dropped (Err here) when the session is over.
     let _ = ended.await;
+    // The reader ends once russh-sftp dropped its side; the read half it returns keeps the
+    // channel open for `before_close`.
+    let read_half = reader.await;
+    before_close.await;
+    drop(read_half);
 }
 
 fn denied() -> StatusReply {

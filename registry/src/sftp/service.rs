@@ -39,13 +39,27 @@ const READDIR_BATCH: usize = 128;
 
 /// Serves one service SFTP session until the client closes it.
 pub async fn serve(stream: ChannelStream<Msg>, store: Store) {
-    serve_on(stream, store).await;
+    serve_on(stream, store, async {}).await;
 }
 
-/// [`serve`] on any stream (tests drive it over an in-memory pipe).
-pub async fn serve_on<S>(stream: S, store: Store)
+/// Like [`serve`], then runs `before_close` after the session ended and before the channel
+/// closes: the place to send `exit-status` 0 as sshd does, which `scp` (SFTP mode) requires
+/// to report success.
+// Not called yet: the session code (registry/src/session.rs) still uses `serve`.
+#[allow(dead_code)]
+pub async fn serve_then(
+    stream: ChannelStream<Msg>,
+    store: Store,
+    before_close: impl Future<Output = ()> + Send,
+) {
+    serve_on(stream, store, before_close).await;
+}
+
+/// [`serve_then`] on any stream (tests drive it over an in-memory pipe).
+pub async fn serve_on<S, F>(stream: S, store: Store, before_close: F)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
+    F: Future<Output = ()>,
 {
     let (ended_tx, ended_rx) = oneshot::channel();
     let handler = Service {
@@ -54,7 +68,7 @@ where
         next_handle: 0,
         _ended: ended_tx,
     };
-    super::run(stream, handler, ended_rx).await;
+    super::run(stream, handler, ended_rx, before_close).await;
 }
 
 struct Service {

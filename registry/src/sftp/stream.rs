@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, Join, ReadBuf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, Join, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
 
 /// Most request bytes read from the channel but not yet consumed by the SFTP loop.
 pub const QUEUE_CAP: usize = 64 << 20;
@@ -38,10 +39,20 @@ pub fn decoupled<S>(stream: S) -> Decoupled<S>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    decoupled_with_cap(stream, QUEUE_CAP).0
+}
+
+/// Like [`decoupled`], and also returns the reader task, which ends once the channel reached EOF
+/// or the returned stream was dropped, handing back the read half. Holding that half keeps the
+/// underlying stream open (for a last message on the channel before it closes).
+pub fn decoupled_parts<S>(stream: S) -> (Decoupled<S>, JoinHandle<ReadHalf<S>>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     decoupled_with_cap(stream, QUEUE_CAP)
 }
 
-fn decoupled_with_cap<S>(stream: S, cap: usize) -> Decoupled<S>
+fn decoupled_with_cap<S>(stream: S, cap: usize) -> (Decoupled<S>, JoinHandle<ReadHalf<S>>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -49,7 +60,7 @@ where
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let budget = Arc::new(Semaphore::new(cap));
     let reader_budget = Arc::clone(&budget);
-    tokio::spawn(async move {
+    let reader = tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         loop {
             if buf.capacity() < READ_CHUNK / 2 {
@@ -63,11 +74,11 @@ where
                         0
                     }
                 },
-                () = tx.closed() => return,
+                () = tx.closed() => return read_half,
             };
             if n == 0 {
                 // EOF: dropping `tx` ends the queue once the SFTP loop has read what is in it.
-                return;
+                return read_half;
             }
             let chunk = buf.split().freeze();
             // `n <= READ_CHUNK <= cap`, so this cannot ask for more than the semaphore holds.
@@ -75,16 +86,16 @@ where
             tokio::select! {
                 p = reader_budget.acquire_many(permits) => match p {
                     Ok(p) => p.forget(),
-                    Err(_) => return,
+                    Err(_) => return read_half,
                 },
-                () = tx.closed() => return,
+                () = tx.closed() => return read_half,
             }
             if tx.send(chunk).is_err() {
-                return;
+                return read_half;
             }
         }
     });
-    tokio::io::join(
+    let stream = tokio::io::join(
         QueueReader {
             rx,
             current: Bytes::new(),
@@ -92,7 +103,8 @@ where
             budget,
         },
         write_half,
-    )
+    );
+    (stream, reader)
 }
 
 /// The read side russh-sftp sees: the bytes the reader task queued, in order; EOF when the
@@ -169,7 +181,7 @@ mod tests {
     async fn drains_without_a_consumer_up_to_the_cap() {
         let (client, server) = tokio::io::duplex(4096);
         let cap = 256 << 10;
-        let s = decoupled_with_cap(server, cap);
+        let (s, _reader) = decoupled_with_cap(server, cap);
         let (_cr, mut cw) = tokio::io::split(client);
         // Far more than the duplex buffer: only completes because the task drains it.
         let first = tokio::time::timeout(

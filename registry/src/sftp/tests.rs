@@ -23,13 +23,18 @@ fn open_store(dir: &Path, max_upload_bytes: u64) -> Store {
 
 async fn operator_session(store: &Store) -> SftpSession {
     let (client, server) = tokio::io::duplex(1 << 20);
-    tokio::spawn(operator::serve_on(server, store.clone(), Actor::default()));
+    tokio::spawn(operator::serve_on(
+        server,
+        store.clone(),
+        Actor::default(),
+        async {},
+    ));
     SftpSession::new(client).await.expect("sftp init")
 }
 
 async fn service_session(store: &Store) -> SftpSession {
     let (client, server) = tokio::io::duplex(1 << 20);
-    tokio::spawn(service::serve_on(server, store.clone()));
+    tokio::spawn(service::serve_on(server, store.clone(), async {}));
     SftpSession::new(client).await.expect("sftp init")
 }
 
@@ -168,7 +173,12 @@ struct Raw {
 impl Raw {
     async fn operator(store: &Store) -> Raw {
         let (client, server) = tokio::io::duplex(1 << 20);
-        tokio::spawn(operator::serve_on(server, store.clone(), Actor::default()));
+        tokio::spawn(operator::serve_on(
+            server,
+            store.clone(),
+            Actor::default(),
+            async {},
+        ));
         let mut raw = Raw {
             stream: client,
             next_id: 1,
