@@ -135,6 +135,9 @@ fsck            verify stored files and references
 use -h flag to get more help on a specific command
 ";
 
+/// Unlike the original, the list includes bumpconf (spec 8.B10) and our commands.
+const UNKNOWN: &str = "Unknown command, supported commands are:\nhelp, addver, addconf, changeconf, bumpconf, showconf, components, configurations, showcomp, delver, delcomp, delconf, history, rollback, audit, fsck\n";
+
 #[test]
 fn help_lists_every_command() {
     let reg = Registry::start();
@@ -147,7 +150,7 @@ fn help_lists_every_command() {
 fn unknown_command_lists_the_commands() {
     let reg = Registry::start();
     // Unlike the original, the list includes bumpconf (spec 8.B10) and our commands.
-    let text = "Unknown command, supported commands are:\nhelp, addver, addconf, changeconf, bumpconf, showconf, components, configurations, showcomp, delver, delcomp, delconf, history, rollback, audit, fsck\n";
+    let text = UNKNOWN;
     fails(&reg, "frobnicate -name x", text);
     // Case matters: commands are exact words.
     fails(&reg, "HELP", text);
@@ -517,7 +520,8 @@ fn shellwords_quirks() {
     let f = fixture();
     let reg = &f.reg;
     let rows = reg.ssh("showconf -name project1").stdout_str();
-    // `;&|<>` outside quotes silently end the line.
+    // `;&|<>` outside quotes silently end the line: `a;rm -rf /` is just `a`.
+    fails(reg, "a;rm -rf /", UNKNOWN);
     succeeds(reg, "showconf -name project1;rm -rf /", &rows);
     succeeds(reg, "components|wc -l", "code\nconfig\n");
     succeeds(reg, "components&&reboot", "code\nconfig\n");
