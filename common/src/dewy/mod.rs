@@ -16,4 +16,6 @@
 //! and lookups in, which keeps every rule testable against Dewy's behaviour.
 
 pub mod calver;
+mod goquery;
+pub mod url;
 pub mod version;
