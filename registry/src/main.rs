@@ -114,6 +114,7 @@ async fn run(options: cli::Options) -> anyhow::Result<ExitCode> {
         keys: keyring.clone(),
         token: token.clone(),
         tracker,
+        idle_limit: options.deadline,
     });
     let config = Arc::new(server::ssh_config(host_key, options.deadline));
     let stop = stop_signal(keyring)?;

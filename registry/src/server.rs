@@ -35,6 +35,8 @@ pub struct Shared {
     pub token: CancellationToken,
     /// Tracks connections and the work they spawn (consoles, transfers).
     pub tracker: TaskTracker,
+    /// `-deadline`: the idle limit, `None` for none.
+    pub idle_limit: Option<Duration>,
 }
 
 /// The russh configuration: public keys only, tuned windows, idle limit = `-deadline`.

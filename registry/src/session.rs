@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use russh::keys::ssh_key::HashAlg;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
@@ -105,6 +106,15 @@ impl Connection {
             work.await;
             drop(busy);
         });
+    }
+
+    fn console(&self, channel: ChannelId, session: &Session) -> Console {
+        Console {
+            shared: self.shared.clone(),
+            actor: self.actor(),
+            session: session.handle(),
+            channel,
+        }
     }
 
     fn actor(&self) -> Actor {
@@ -286,8 +296,8 @@ impl russh::server::Handler for Connection {
             return self.refuse(channel, session);
         };
         session.channel_success(channel)?;
-        let (shared, actor) = (self.shared.clone(), self.actor());
-        self.spawn(run_shell(ch, shared, actor, pty));
+        let console = self.console(channel, session);
+        self.spawn(run_shell(ch, console, pty));
         Ok(())
     }
 
@@ -306,8 +316,8 @@ impl russh::server::Handler for Connection {
         };
         session.channel_success(channel)?;
         let line = String::from_utf8_lossy(data).into_owned();
-        let (shared, actor) = (self.shared.clone(), self.actor());
-        self.spawn(run_exec(ch, shared, actor, line, pty.is_some()));
+        let console = self.console(channel, session);
+        self.spawn(run_exec(ch, console, line, pty.is_some()));
         Ok(())
     }
 
@@ -331,9 +341,25 @@ impl russh::server::Handler for Connection {
         let store = self.shared.store.clone();
         let actor = self.actor();
         let stream = ch.into_stream();
+        // As sshd: exit-status 0 and EOF once the SFTP session is over, before the channel
+        // closes; scp in SFTP mode reports failure without them.
+        let handle = session.handle();
+        let before_close = async move {
+            let _ = handle.exit_status_request(channel, 0).await;
+            let _ = handle.eof(channel).await;
+        };
         match role {
-            Role::Operator => self.spawn(crate::sftp::operator::serve(stream, store, actor)),
-            Role::Service => self.spawn(crate::sftp::service::serve(stream, store)),
+            Role::Operator => self.spawn(crate::sftp::operator::serve_then(
+                stream,
+                store,
+                actor,
+                before_close,
+            )),
+            Role::Service => self.spawn(crate::sftp::service::serve_then(
+                stream,
+                store,
+                before_close,
+            )),
         }
         Ok(())
     }
@@ -373,10 +399,41 @@ impl russh::server::Handler for Connection {
     }
 }
 
+/// What a console task needs besides its channel.
+struct Console {
+    shared: Arc<Shared>,
+    actor: Actor,
+    /// The session, to keep it from counting as idle while a command runs.
+    session: russh::server::Handle,
+    channel: ChannelId,
+}
+
+/// How often a running command tells russh the connection is not idle (at most; a third of
+/// `-deadline` when that is shorter).
+const BUSY_HEARTBEAT: Duration = Duration::from_secs(10);
+
 /// Runs one console line off the async threads.
-async fn run_line(shared: &Shared, actor: &Actor, line: String) -> Outcome {
-    let (store, actor) = (shared.store.clone(), actor.clone());
-    match tokio::task::spawn_blocking(move || console::execute(&store, &actor, &line)).await {
+///
+/// `-deadline` is an idle limit, and a command that runs longer than it (an `fsck` of a large
+/// store) is not idle: russh restarts its inactivity timer on every message from our side, and
+/// an empty data message puts nothing on the wire, so one is sent every [`BUSY_HEARTBEAT`].
+async fn run_line(console: &Console, line: String) -> Outcome {
+    let (store, actor) = (console.shared.store.clone(), console.actor.clone());
+    let work = tokio::task::spawn_blocking(move || console::execute(&store, &actor, &line));
+    tokio::pin!(work);
+    let beat = console.shared.idle_limit.map_or(BUSY_HEARTBEAT, |limit| {
+        (limit / 3).clamp(Duration::from_millis(50), BUSY_HEARTBEAT)
+    });
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            _ = heartbeat.tick() => {
+                let _ = console.session.data(console.channel, bytes::Bytes::new()).await;
+            }
+        }
+    };
+    match result {
         Ok(outcome) => outcome,
         Err(err) => {
             tracing::error!(cause = %err, "console command panicked");
@@ -389,17 +446,11 @@ async fn run_line(shared: &Shared, actor: &Actor, line: String) -> Outcome {
 }
 
 /// Exec mode: run the command, send its output and exit status, EOF, close.
-async fn run_exec(
-    channel: Channel<Msg>,
-    shared: Arc<Shared>,
-    actor: Actor,
-    line: String,
-    pty: bool,
-) {
+async fn run_exec(channel: Channel<Msg>, console: Console, line: String, pty: bool) {
     let (mut reader, writer) = channel.split();
     // Drain what the client sends meanwhile so russh's queue never blocks the session.
     let drain = tokio::spawn(async move { while reader.wait().await.is_some() {} });
-    let outcome = run_line(&shared, &actor, line).await;
+    let outcome = run_line(&console, line).await;
     let bytes = if pty {
         shell::crlf(&outcome.output)
     } else {
@@ -423,7 +474,7 @@ async fn finish(
 }
 
 /// Interactive console: line editor over a pty, or one command per LF-terminated line without.
-async fn run_shell(mut channel: Channel<Msg>, shared: Arc<Shared>, actor: Actor, pty: Option<Pty>) {
+async fn run_shell(mut channel: Channel<Msg>, console: Console, pty: Option<Pty>) {
     let mut editor = pty.map(|p| Editor::new(p.cols));
     let mut splitter = LineSplitter::default();
     let mut out = Vec::new();
@@ -437,18 +488,18 @@ async fn run_shell(mut channel: Channel<Msg>, shared: Arc<Shared>, actor: Actor,
         let msg = tokio::select! {
             msg = channel.wait() => msg,
             // Shutdown ends an idle console; a command that has started is not interrupted.
-            () = shared.token.cancelled() => {
+            () = console.shared.token.cancelled() => {
                 let _ = channel.data(&b"\r\nserver shutting down\r\n"[..]).await;
                 break 0;
             }
         };
         let step = match msg {
             Some(ChannelMsg::Data { data }) => match &mut editor {
-                Some(ed) => typed(&mut channel, &shared, &actor, ed, &data, &mut out).await,
+                Some(ed) => typed(&mut channel, &console, ed, &data, &mut out).await,
                 None => {
                     let mut step = Step::Continue;
                     for line in splitter.feed(&data, MAX_LINE) {
-                        step = run_piped(&mut channel, &shared, &actor, piped(line)).await;
+                        step = run_piped(&mut channel, &console, piped(line)).await;
                         if step != Step::Continue {
                             break;
                         }
@@ -464,7 +515,7 @@ async fn run_shell(mut channel: Channel<Msg>, shared: Arc<Shared>, actor: Actor,
             }
             Some(ChannelMsg::Eof | ChannelMsg::Close) | None => match splitter.finish() {
                 Some(last) if editor.is_none() => {
-                    let _ = run_piped(&mut channel, &shared, &actor, piped(last)).await;
+                    let _ = run_piped(&mut channel, &console, piped(last)).await;
                     Step::End(0)
                 }
                 _ => Step::End(0),
@@ -490,8 +541,7 @@ enum Step {
 /// Keystrokes from a pty: echo, and run each completed line before echoing what follows it.
 async fn typed(
     channel: &mut Channel<Msg>,
-    shared: &Shared,
-    actor: &Actor,
+    console: &Console,
     ed: &mut Editor,
     mut input: &[u8],
     out: &mut Vec<u8>,
@@ -507,7 +557,7 @@ async fn typed(
                     return Step::End(1);
                 }
                 out.clear();
-                let outcome = run_line(shared, actor, line).await;
+                let outcome = run_line(console, line).await;
                 out.extend_from_slice(&shell::crlf(&outcome.output));
                 ed.prompt(out);
             }
@@ -539,13 +589,12 @@ fn piped(p: Piped) -> Result<String, Outcome> {
 /// One line of piped (non-pty) input: blank lines are skipped, output as in exec mode.
 async fn run_piped(
     channel: &mut Channel<Msg>,
-    shared: &Shared,
-    actor: &Actor,
+    console: &Console,
     line: Result<String, Outcome>,
 ) -> Step {
     let outcome = match line {
         Ok(line) if line.trim().is_empty() => return Step::Continue,
-        Ok(line) => run_line(shared, actor, line).await,
+        Ok(line) => run_line(console, line).await,
         Err(refused) => refused,
     };
     if !outcome.output.is_empty() && channel.data(outcome.output.as_bytes()).await.is_err() {
@@ -613,6 +662,7 @@ mod tests {
             keys,
             token: tokio_util::sync::CancellationToken::new(),
             tracker: tokio_util::task::TaskTracker::new(),
+            idle_limit: Some(Duration::from_secs(30)),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -704,6 +754,10 @@ mod tests {
         // on the SFTP stream until the client's INIT, so the next message is the reply.)
         ch.request_subsystem(true, "sftp").await.unwrap();
         assert!(!reply(&mut ch).await, "second sftp on one channel refused");
+        // When the client ends the SFTP session, the server reports exit-status 0 as sshd does
+        // (scp in SFTP mode fails without it).
+        ch.eof().await.unwrap();
+        assert_eq!(output(&mut ch).await.1, Some(0));
         drop(h.stop.take());
     }
 
