@@ -17,5 +17,7 @@
 
 pub mod calver;
 mod goquery;
+#[cfg(test)]
+mod oracle_tests;
 pub mod url;
 pub mod version;

@@ -1,0 +1,3 @@
+module dewyoracle
+
+go 1.19
