@@ -15,7 +15,10 @@
 //! Nothing here does I/O or reads the clock or the environment: callers pass listings, times
 //! and lookups in, which keeps every rule testable against Dewy's behaviour.
 
+pub mod artifact;
+pub mod cachekey;
 pub mod calver;
+pub mod checksum;
 mod goquery;
 #[cfg(test)]
 mod oracle_tests;
