@@ -650,3 +650,56 @@ fn oversized_metadata_records_are_refused_before_reading() {
     rejected(f.build(), "sparse", "sparse");
     f.assert_nothing_left();
 }
+
+/// Archives made by the real GNU tar, in its default (gnu) and pax formats, with a name over
+/// 100 bytes, a symlink, a hard link and an executable: what operators actually upload.
+#[test]
+fn archives_from_gnu_tar() {
+    for format in ["gnu", "pax"] {
+        let mut f = Fixture::new();
+        let src = f.tmp.path().join(format!("src-{format}"));
+        let long_dir = src.join("a".repeat(60)).join("b".repeat(60));
+        std::fs::create_dir_all(&long_dir).unwrap();
+        std::fs::write(long_dir.join("deep.txt"), "deep").unwrap();
+        std::fs::create_dir_all(src.join("bin")).unwrap();
+        std::fs::write(src.join("bin/hello"), "#!/bin/sh\necho hi\n").unwrap();
+        std::fs::set_permissions(
+            src.join("bin/hello"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("bin/hello", src.join("hello")).unwrap();
+        std::fs::hard_link(src.join("bin/hello"), src.join("bin/hello2")).unwrap();
+        let out = f.tmp.path().join(format!("layer-{format}.tgz"));
+        let status = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(&src)
+            .arg(format!("--format={format}"))
+            .arg("-czf")
+            .arg(&out)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        f.layer_raw(std::fs::read(&out).unwrap());
+        std::fs::remove_file(&out).unwrap();
+        f.build().unwrap();
+        let t = f.tree();
+        let rel = long_dir.strip_prefix(&src).unwrap().join("deep.txt");
+        assert_eq!(
+            std::fs::read_to_string(t.join(rel)).unwrap(),
+            "deep",
+            "{format}"
+        );
+        assert_eq!(mode_of(&t.join("bin/hello")), 0o755);
+        assert_eq!(
+            std::fs::read_link(t.join("hello")).unwrap(),
+            Path::new("bin/hello")
+        );
+        assert_eq!(
+            std::fs::metadata(t.join("bin/hello2")).unwrap().ino(),
+            std::fs::metadata(t.join("bin/hello")).unwrap().ino()
+        );
+        std::fs::remove_dir_all(&src).unwrap();
+    }
+}
