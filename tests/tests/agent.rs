@@ -972,3 +972,17 @@ fn registry_restart_between_polls_reconnects() {
         log()
     );
 }
+
+/// `-script ""` turns the script off; the state is still saved (spec 3.1).
+#[test]
+fn empty_script_flag_skips_the_script() {
+    let reg = Registry::start();
+    let host = Host::new();
+    add_version(&reg, "code", "v01", &tar_gz(&[("a", b"1")]));
+    reg.ssh("addconf -name project1 -layer code:v01")
+        .assert_ok();
+    host.once(&reg, &["-script", ""]).assert_ok();
+    assert_eq!(host.state(), served_config(&reg));
+    assert!(!host.path().join("deploys.log").exists());
+    assert_eq!(fs::read(host.path().join("current/a")).unwrap(), b"1");
+}
