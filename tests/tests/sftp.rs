@@ -322,7 +322,6 @@ fn put_preserve_uploads_cleanly() {
 /// Modern `scp` (SFTP mode) uploads like `put`, and exits 0 only if the channel carries
 /// `exit-status` 0 (as sshd sends when the sftp subsystem ends).
 #[test]
-#[ignore = "needs registry/src/session.rs to use sftp::operator::serve_then and send exit-status 0"]
 fn scp_uploads() {
     let reg = Registry::start();
     let dir = tempfile::tempdir().unwrap();

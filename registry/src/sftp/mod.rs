@@ -4,7 +4,7 @@
 //!   CLOSE is answered.
 //! - [`service`]: what `deploy-agent` sees, read-only: `configs/<name>.json` and `files/<sha256>`.
 //!
-//! Both run on [`stream::decoupled`], which keeps reading the channel while a reply waits for
+//! Both run on [`stream::decoupled_parts`], which keeps reading the channel while a reply waits for
 //! the client's window (the russh + russh-sftp deadlock, spike-russh.md section 7).
 //!
 //! Errors: clients get a status code and a generic text; details (paths, causes) go to the log

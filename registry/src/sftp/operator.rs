@@ -34,6 +34,8 @@ const QUEUED_WRITES: usize = 8;
 const WRITE_BATCH: usize = 16;
 
 /// Serves one operator SFTP session until the client closes it.
+// The frozen entry point; the session code uses `serve_then` (exit-status before close).
+#[allow(dead_code)]
 pub async fn serve(stream: ChannelStream<Msg>, store: Store, actor: Actor) {
     serve_on(stream, store, actor, async {}).await;
 }
@@ -41,8 +43,6 @@ pub async fn serve(stream: ChannelStream<Msg>, store: Store, actor: Actor) {
 /// Like [`serve`], then runs `before_close` after the session ended and before the channel
 /// closes: the place to send `exit-status` 0 as sshd does, which `scp` (SFTP mode) requires
 /// to report success.
-// Not called yet: the session code (registry/src/session.rs) still uses `serve`.
-#[allow(dead_code)]
 pub async fn serve_then(
     stream: ChannelStream<Msg>,
     store: Store,

@@ -38,6 +38,8 @@ use crate::store::Store;
 const READDIR_BATCH: usize = 128;
 
 /// Serves one service SFTP session until the client closes it.
+// The frozen entry point; the session code uses `serve_then` (exit-status before close).
+#[allow(dead_code)]
 pub async fn serve(stream: ChannelStream<Msg>, store: Store) {
     serve_on(stream, store, async {}).await;
 }
@@ -45,8 +47,6 @@ pub async fn serve(stream: ChannelStream<Msg>, store: Store) {
 /// Like [`serve`], then runs `before_close` after the session ended and before the channel
 /// closes: the place to send `exit-status` 0 as sshd does, which `scp` (SFTP mode) requires
 /// to report success.
-// Not called yet: the session code (registry/src/session.rs) still uses `serve`.
-#[allow(dead_code)]
 pub async fn serve_then(
     stream: ChannelStream<Msg>,
     store: Store,

@@ -33,18 +33,9 @@ pub type Decoupled<S> = Join<QueueReader, WriteHalf<S>>;
 
 /// Splits `stream` and spawns the task that drains its read half (see the module docs).
 ///
-/// When the returned stream is dropped, the task notices and drops the read half too, so the
-/// underlying stream (and the SSH channel) closes normally.
-pub fn decoupled<S>(stream: S) -> Decoupled<S>
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    decoupled_with_cap(stream, QUEUE_CAP).0
-}
-
-/// Like [`decoupled`], and also returns the reader task, which ends once the channel reached EOF
-/// or the returned stream was dropped, handing back the read half. Holding that half keeps the
-/// underlying stream open (for a last message on the channel before it closes).
+/// Also returns that task: it ends once the channel reached EOF or the returned stream was
+/// dropped, and hands back the read half. Holding that half keeps the underlying stream (the
+/// SSH channel) open, for a last message before it closes; dropping it closes the stream.
 pub fn decoupled_parts<S>(stream: S) -> (Decoupled<S>, JoinHandle<ReadHalf<S>>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -156,7 +147,7 @@ mod tests {
     #[tokio::test]
     async fn passes_bytes_in_order_and_ends_at_eof() {
         let (client, server) = tokio::io::duplex(1024);
-        let mut s = decoupled(server);
+        let (mut s, _reader) = decoupled_parts(server);
         let (mut cr, mut cw) = tokio::io::split(client);
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let sent = data.clone();
@@ -206,8 +197,9 @@ mod tests {
     #[tokio::test]
     async fn dropping_the_stream_releases_the_read_half() {
         let (client, server) = tokio::io::duplex(64);
-        let s = decoupled(server);
+        let (s, reader) = decoupled_parts(server);
         drop(s);
+        drop(reader.await.unwrap());
         let mut client = client;
         // Both halves of the server end are gone: the peer sees EOF.
         let mut buf = [0u8; 1];
