@@ -9,6 +9,8 @@
 //! - [`version`]: SemVer tags, the newest-release choice, slots (2.1, 2.2, 2.4).
 //! - [`calver`]: calendar-version formats (2.3).
 //! - [`artifact`]: which file of a release to fetch, the grace period, unpacking kind (3.1-3.4).
+//! - [`artifact_url`]: the `ghr://` `s3://` `gs://` `img://` URLs artifacts are fetched by (1.7).
+//! - [`report`]: response IDs and audit file names of a successful deploy (1.2, 4).
 //! - [`checksum`]: SHA-256 checksum files next to artifacts (post-2.19, 12).
 //! - [`cachekey`]: cache keys, release directory names, which releases to keep (3.4, 6.3, 8.3).
 //!
@@ -16,11 +18,13 @@
 //! and lookups in, which keeps every rule testable against Dewy's behaviour.
 
 pub mod artifact;
+pub mod artifact_url;
 pub mod cachekey;
 pub mod calver;
 pub mod checksum;
 mod goquery;
 #[cfg(test)]
 mod oracle_tests;
+pub mod report;
 pub mod url;
 pub mod version;
