@@ -8,6 +8,7 @@
 //! Names are TEXT compared with the default BINARY collation, so `ORDER BY name` is bolt's
 //! bytewise key order.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use rusqlite::Connection;
@@ -87,6 +88,16 @@ CREATE TABLE audit (
 
 /// Opens (creating if missing) the database at `path` and brings its schema up to date.
 pub(super) fn open_db(path: &Path) -> Result<Connection> {
+    // SQLite creates a new database (and then its -wal and -shm files, which copy the
+    // database's mode) with 0644 under the usual umask; the metadata is as private as the
+    // blobs, so the file is created 0600 first.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .ctx(|| format!("creating {}", path.display()))?;
     let conn = Connection::open(path).ctx(|| format!("opening {}", path.display()))?;
     configure(&conn).ctx(|| format!("configuring {}", path.display()))?;
     migrate(&conn, path)?;

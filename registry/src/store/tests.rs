@@ -71,6 +71,9 @@ fn open_creates_layout_and_locks_the_directory() {
     assert_eq!(mode(&dir.join("files")), 0o700);
     assert_eq!(mode(&dir.join("uploads")), 0o700);
     assert!(dir.join("registry.sqlite3").is_file());
+    // The metadata is as private as the blobs; WAL and SHM files copy the database's mode.
+    assert_eq!(mode(&dir.join("registry.sqlite3")), 0o600);
+    assert_eq!(mode(&dir.join("registry.sqlite3-wal")), 0o600);
     assert_eq!(store.dir(), dir);
     assert_eq!(store.blobs_dir(), dir.join("files"));
 
