@@ -13,8 +13,8 @@ use crate::gostr;
 pub(crate) struct GoUrl {
     /// `URL.Host`: `host[:port]`, without user info, `%` escapes decoded.
     pub host: String,
-    /// Whether the authority had a `user@` part (Go keeps it in `URL.User`).
-    pub has_userinfo: bool,
+    /// The authority's `user[:password]@` part, raw (Go keeps it in `URL.User`).
+    pub userinfo: Option<String>,
     /// `URL.Path`, `%` escapes decoded (`+` stays `+`).
     pub path: String,
     /// `URL.Query()` as ordered pairs; pairs Go drops (bad escape, `;`, empty) are absent.
@@ -38,15 +38,15 @@ pub(crate) fn parse(raw: &str) -> Result<GoUrl, String> {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
-    let (has_userinfo, host) = match authority.rfind('@') {
-        Some(i) => (true, &authority[i + 1..]),
-        None => (false, authority),
+    let (userinfo, host) = match authority.rfind('@') {
+        Some(i) => (Some(authority[..i].to_string()), &authority[i + 1..]),
+        None => (None, authority),
     };
     let host = parse_host(host).map_err(fail)?;
     let path = unescape(raw_path, Mode::Path).map_err(fail)?;
     Ok(GoUrl {
         host,
-        has_userinfo,
+        userinfo,
         path,
         query: parse_query(raw_query),
     })
@@ -250,7 +250,7 @@ mod tests {
         assert_eq!(u.path, "/re/po/");
         assert_eq!(u.query, q(&[("pre-release", "true")]));
         let u = parse("grpc://user:pw@10.0.0.1:9000").unwrap();
-        assert!(u.has_userinfo);
+        assert_eq!(u.userinfo.as_deref(), Some("user:pw"));
         assert_eq!((u.host.as_str(), u.path.as_str()), ("10.0.0.1:9000", ""));
         let u = parse("ssh://[::1]:2022/web").unwrap();
         assert_eq!(u.host, "[::1]:2022");

@@ -127,7 +127,7 @@ fn url_parsing_matches_go() {
                 assert_eq!(u.host, want["Host"].as_str().unwrap_or(""), "{raw:?}");
                 assert_eq!(u.path, want["Path"].as_str().unwrap_or(""), "{raw:?}");
                 assert_eq!(
-                    u.has_userinfo,
+                    u.userinfo.is_some(),
                     want["User"].as_bool().unwrap_or(false),
                     "{raw:?}"
                 );

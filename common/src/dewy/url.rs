@@ -29,6 +29,9 @@ use super::goquery::{self, Kind, Value};
 /// The `ssh://` registry's port when the URL names none: deploy-registry's default.
 pub const SSH_DEFAULT_PORT: u16 = 2022;
 
+/// The user an `ssh://` registry URL may name (and the agent always logs in as).
+pub const SSH_USER: &str = "deploy-agent";
+
 /// A registry URL, parsed. Field values are decoded (`%2F` in a path is `/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistryUrl {
@@ -79,8 +82,8 @@ pub enum RegistryUrl {
         /// Query options.
         opts: GrpcOptions,
     },
-    /// `ssh://<host>[:<port>]/<configuration>`: our deploy-registry, following one
-    /// configuration. No query keys are accepted yet.
+    /// `ssh://[deploy-agent@]<host>[:<port>]/<configuration>`: our deploy-registry, following
+    /// one configuration. No query keys are accepted yet.
     Ssh {
         /// Host name or IP literal (an IPv6 literal keeps its brackets).
         host: String,
@@ -597,14 +600,14 @@ fn parse_grpc(u: goquery::GoUrl) -> Result<RegistryUrl, UrlError> {
 }
 
 fn parse_ssh(url: &str, u: goquery::GoUrl) -> Result<RegistryUrl, UrlError> {
-    const FORMAT: &str = "ssh://<host>[:<port>]/<configuration>";
+    const FORMAT: &str = "ssh://[deploy-agent@]<host>[:<port>]/<configuration>";
     let invalid = |why: &str| UrlError::Invalid(format!("{why}: {FORMAT}, got {url}"));
     // No options yet: every key is unknown, with gorilla's text for consistency.
     Opts::decode(&u, &[])?;
-    if u.has_userinfo {
-        return Err(invalid(
-            "a user name is not allowed (the agent logs in as deploy-agent)",
-        ));
+    // The registry gives a service session only to user deploy-agent; any other name would
+    // be an operator login, so it is refused rather than silently replaced.
+    if u.userinfo.as_deref().is_some_and(|user| user != SSH_USER) {
+        return Err(invalid("the only user is deploy-agent"));
     }
     let (host, port) = split_host_port(&u.host);
     if host.is_empty() || host == "[]" {
@@ -883,6 +886,7 @@ mod tests {
                 config: "web".into()
             }
         );
+        assert_eq!(p("ssh://deploy-agent@h/web"), p("ssh://h/web"));
         let RegistryUrl::Ssh { port, .. } = p("ssh://h:/web") else {
             panic!()
         };
@@ -897,11 +901,14 @@ mod tests {
             "ssh://h:65536/web",
             "ssh:///web",
             "ssh://u@h/web",
+            "ssh://deploy-agent:pw@h/web",
+            "ssh://@h/web",
             "ssh://h/a%0Ab",
         ] {
             let e = err(bad);
             assert!(
-                e.contains("ssh://<host>[:<port>]/<configuration>") || e.starts_with("parse "),
+                e.contains("ssh://[deploy-agent@]<host>[:<port>]/<configuration>")
+                    || e.starts_with("parse "),
                 "{bad}: {e}"
             );
         }
