@@ -53,6 +53,11 @@ enum Token {
     Lit(u8),
 }
 
+/// Tags longer than this are never calendar versions here. The failure memo holds up to
+/// (format tokens × tag length) entries, and a gRPC server or an object listing controls
+/// the tag; real tags are far shorter (GitHub and OCI cap theirs near 128-255 bytes).
+pub const MAX_TAG_LEN: usize = 1024;
+
 /// A parsed format such as `YYYY.0M.MICRO`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CalVerFormat {
@@ -125,8 +130,11 @@ impl CalVerFormat {
     }
 
     /// Parses `tag` as `^(v)?<format>(?:-(pre))?(?:\+(build))?$`, or `None` when it does not
-    /// match (or a segment overflows, which Dewy also skips).
+    /// match (or a segment overflows, which Dewy also skips, or it exceeds [`MAX_TAG_LEN`]).
     pub fn parse_tag(&self, tag: &str) -> Option<CalVer> {
+        if tag.len() > MAX_TAG_LEN {
+            return None;
+        }
         let b = tag.as_bytes();
         // `(v)?` is greedy: with the `v` first, then without.
         for start in [1, 0] {
@@ -413,8 +421,13 @@ mod tests {
     #[test]
     fn many_micros_stay_fast() {
         let f = fmt("MICRO.MICRO.MICRO.MICRO.MICRO.MICRO");
-        let tag = format!("{}x", "1".repeat(4000));
+        // Without the memo this backtracks through ~n^5 splits.
+        let tag = format!("{}x", "1".repeat(MAX_TAG_LEN - 1));
         assert_eq!(f.parse_tag(&tag), None);
+        let tag = format!("1.1.1.1.1.1-{}", "a".repeat(MAX_TAG_LEN - 12));
+        assert_eq!(f.parse_tag(&tag).map(|c| c.segments.len()), Some(6));
+        let tag = format!("1.1.1.1.1.1-{}", "a".repeat(MAX_TAG_LEN - 11));
+        assert_eq!(f.parse_tag(&tag), None, "over the cap");
     }
 
     #[test]

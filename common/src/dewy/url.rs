@@ -370,7 +370,7 @@ impl fmt::Display for RegistryUrl {
                 prefix,
                 opts,
             } => {
-                opt("endpoint", &opts.endpoint);
+                opt("endpoint", &opts.endpoint.as_deref().map(redact_userinfo));
                 opt("artifact", &opts.artifact);
                 opt("calver", &opts.calver);
                 format!("s3://{region}/{bucket}/{prefix}")
@@ -407,6 +407,18 @@ impl fmt::Display for RegistryUrl {
             write!(f, "?{}", q.join("&"))?;
         }
         Ok(())
+    }
+}
+
+/// `scheme://user:secret@host/...` → `scheme://***@host/...`, so an endpoint carrying
+/// credentials never reaches a log line.
+fn redact_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) if scheme.is_empty() => format!("***{}", &rest[at..]),
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_string(),
     }
 }
 
@@ -982,6 +994,10 @@ mod tests {
         );
         assert_eq!(p("ssh://h/web").to_string(), "ssh://h:2022/web");
         assert_eq!(p("s3://r/b").to_string(), "s3://r/b/");
+        assert_eq!(
+            p("s3://r/b?endpoint=http://key:secret@minio:9000/x%40y").to_string(),
+            "s3://r/b/?endpoint=http://***@minio:9000/x@y"
+        );
         // The canonical form parses back to the same value.
         for u in [
             "ghr://o/r?artifact=a&calver=YYYY&pre-release=1",
