@@ -58,7 +58,8 @@ pub fn release_dir_name(t: OffsetDateTime) -> String {
 /// modification time, ties broken by name (the later name is the newer). `entries` are
 /// (name, mtime) of the entries that could be stat'ed; the ones that could not are simply
 /// not passed, and so are never removed. Returns indices into `entries`, newest-first order
-/// of what goes.
+/// of what goes. With `()` as every mtime the choice is by name alone, which for our
+/// `20060102T150405Z` directory names is creation order.
 pub fn releases_to_remove<N: AsRef<str>, T: Ord>(entries: &[(N, T)], keep: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by(|&a, &b| newest_first(&entries[a], &entries[b]));
@@ -130,6 +131,13 @@ mod tests {
         assert_eq!(gone, vec![0, 1, 2]);
         assert!(releases_to_remove(&entries[..7], KEEP_RELEASES).is_empty());
         assert!(releases_to_remove::<&str, u32>(&[], KEEP_RELEASES).is_empty());
+    }
+
+    #[test]
+    fn by_name_alone() {
+        let names = ["20260103T000000Z", "20260101T000000Z", "20260102T000000Z"];
+        let entries: Vec<(&str, ())> = names.iter().map(|n| (*n, ())).collect();
+        assert_eq!(releases_to_remove(&entries, 2), vec![1]);
     }
 
     #[test]
