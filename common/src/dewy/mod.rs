@@ -10,6 +10,7 @@
 //! - [`calver`]: calendar-version formats (2.3).
 //! - [`artifact`]: which file of a release to fetch, the grace period, unpacking kind (3.1-3.4).
 //! - [`artifact_url`]: the `ghr://` `s3://` `gs://` `img://` URLs artifacts are fetched by (1.7).
+//! - [`listing`]: version and artifact names from s3/gs listings (2.5).
 //! - [`report`]: response IDs and audit file names of a successful deploy (1.2, 4).
 //! - [`checksum`]: SHA-256 checksum files next to artifacts (post-2.19, 12).
 //! - [`cachekey`]: cache keys, release directory names, which releases to keep (3.4, 6.3, 8.3).
@@ -23,6 +24,7 @@ pub mod cachekey;
 pub mod calver;
 pub mod checksum;
 mod goquery;
+pub mod listing;
 #[cfg(test)]
 mod oracle_tests;
 pub mod report;
