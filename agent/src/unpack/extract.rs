@@ -90,6 +90,41 @@ impl PendingMeta {
     }
 }
 
+/// The paths this layer created, and every prefix of them, as keyed hashes: an opaque
+/// whiteout must keep them, and the lookup has to stay O(1) however many entries a hostile
+/// layer holds (a scan per whiteout would be quadratic).
+#[derive(Default)]
+struct LayerPaths {
+    keys: std::hash::RandomState,
+    prefixes: HashSet<u64>,
+    /// Directories already emptied by an opaque whiteout in this layer: a repeat is a no-op
+    /// (what is left there came from this layer), and skipping it keeps listing linear.
+    opaque_done: HashSet<u64>,
+}
+
+impl LayerPaths {
+    fn step(&self, prev: u64, comp: &OsStr) -> u64 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.keys.build_hasher();
+        prev.hash(&mut h);
+        comp.as_bytes().hash(&mut h);
+        h.finish()
+    }
+    fn key(&self, comps: &[OsString]) -> u64 {
+        comps.iter().fold(0, |k, c| self.step(k, c))
+    }
+    fn insert(&mut self, comps: &[OsString]) {
+        let mut k = 0;
+        for c in comps {
+            k = self.step(k, c);
+            self.prefixes.insert(k);
+        }
+    }
+    fn has_child(&self, parent_key: u64, child: &OsStr) -> bool {
+        self.prefixes.contains(&self.step(parent_key, child))
+    }
+}
+
 /// Why one entry failed.
 #[derive(Debug)]
 pub(crate) enum EntryError {
@@ -163,7 +198,7 @@ impl Tree {
         mut stream: Budgeted,
         cancel: &AtomicBool,
     ) -> Result<(), LayerFailure> {
-        let mut this_layer: HashSet<Comps> = HashSet::new();
+        let mut this_layer = LayerPaths::default();
         let fail = |entry: Option<&[u8]>, error: EntryError| LayerFailure {
             entry: entry.map(display_name),
             error,
@@ -237,7 +272,7 @@ impl Tree {
         entry: &mut tar::Entry<'_, R>,
         raw_name: &[u8],
         link: Option<Vec<u8>>,
-        this_layer: &mut HashSet<Comps>,
+        this_layer: &mut LayerPaths,
     ) -> Result<(), EntryError> {
         let kind = entry.header().entry_type();
         let comps =
@@ -385,7 +420,7 @@ impl Tree {
                 )));
             }
         }
-        this_layer.insert(comps);
+        this_layer.insert(&comps);
         Ok(())
     }
 
@@ -471,21 +506,20 @@ impl Tree {
         parent: &[OsString],
         name: &OsStr,
         target: &[u8],
-        this_layer: &HashSet<Comps>,
+        this_layer: &mut LayerPaths,
     ) -> Result<(), EntryError> {
         if name == OPAQUE_WHITEOUT {
             // Empty the directory of what earlier layers put there; keep this layer's entries.
             let dir = self.open_dir(parent, true)?;
-            let keep: HashSet<&OsString> = this_layer
-                .iter()
-                .filter(|p| p.len() > parent.len() && p.starts_with(parent))
-                .map(|p| &p[parent.len()])
-                .collect();
+            let parent_key = this_layer.key(parent);
+            if !this_layer.opaque_done.insert(parent_key) {
+                return Ok(());
+            }
             let mut victims = Vec::new();
             for ent in rustix::fs::Dir::read_from(&dir)? {
                 let ent = ent?;
                 let n = OsStr::from_bytes(ent.file_name().to_bytes());
-                if n == "." || n == ".." || keep.contains(&n.to_os_string()) {
+                if n == "." || n == ".." || this_layer.has_child(parent_key, n) {
                     continue;
                 }
                 victims.push(n.to_os_string());

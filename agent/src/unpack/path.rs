@@ -3,12 +3,20 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 
+const MAX_PATH_BYTES: usize = 4096;
+const MAX_DEPTH: usize = 256;
+
 /// Splits a tar entry name into the components it names beneath the unpack root.
 ///
 /// Empty and `.` components are dropped (`./a//b` is `a/b`). An absolute name or any `..`
 /// component is refused outright rather than cleaned: the original joined `../x` onto the root
 /// and wrote outside it (deploy-tools A1), and a legitimate layer never needs either.
 pub(crate) fn enclosed_components(name: &[u8]) -> Result<Vec<OsString>, &'static str> {
+    // Linux's PATH_MAX, and a depth no real tree reaches: every entry costs one `openat` per
+    // component, so these bound the work a hostile name can cause.
+    if name.len() > MAX_PATH_BYTES {
+        return Err("path longer than 4096 bytes");
+    }
     if name.starts_with(b"/") {
         return Err("absolute paths are not allowed");
     }
@@ -20,6 +28,9 @@ pub(crate) fn enclosed_components(name: &[u8]) -> Result<Vec<OsString>, &'static
             _ if part.contains(&0) => return Err("NUL byte in path"),
             _ => out.push(OsString::from_vec(part.to_vec())),
         }
+    }
+    if out.len() > MAX_DEPTH {
+        return Err("path deeper than 256 directories");
     }
     Ok(out)
 }
@@ -49,6 +60,19 @@ mod tests {
             ("...", Some(&["..."])),
             ("..a/b..", Some(&["..a", "b.."])),
         ];
+        let deep = "d/".repeat(257);
+        assert_eq!(
+            enclosed_components(deep.as_bytes()),
+            Err("path deeper than 256 directories")
+        );
+        assert_eq!(
+            enclosed_components("d/".repeat(256).as_bytes()).map(|c| c.len()),
+            Ok(256)
+        );
+        assert_eq!(
+            enclosed_components(&[b'x'; 4097]),
+            Err("path longer than 4096 bytes")
+        );
         for (input, want) in table {
             let got = enclosed_components(input.as_bytes()).ok();
             let want: Option<Vec<OsString>> = want.map(|w| w.iter().map(OsString::from).collect());

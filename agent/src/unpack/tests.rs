@@ -703,3 +703,25 @@ fn archives_from_gnu_tar() {
         std::fs::remove_dir_all(&src).unwrap();
     }
 }
+
+/// A layer of many opaque whiteouts and many files must not take quadratic time.
+#[test]
+fn many_opaque_whiteouts_stay_linear() {
+    let names: Vec<&'static str> = (0..4000)
+        .map(|i| &*Box::leak(format!("d/f{i}").into_boxed_str()))
+        .collect();
+    let mut entries: Vec<E> = names.iter().map(|n| file(n, "")).collect();
+    for _ in 0..4000 {
+        entries.push(file("d/.wh..wh..opq", ""));
+    }
+    let mut f = Fixture::new();
+    f.layer(&entries);
+    let start = std::time::Instant::now();
+    f.build().unwrap();
+    assert_eq!(std::fs::read_dir(f.tree().join("d")).unwrap().count(), 4000);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
+}
