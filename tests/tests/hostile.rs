@@ -63,7 +63,10 @@ fn garbage_commands_are_refused() {
     // Binary garbage, NULs included, through the shell; a valid line after it still runs.
     let mut input: Vec<u8> = (0..=255u8).cycle().take(8192).collect();
     input.extend_from_slice(b"\ncomponents\n");
-    let _ = reg.ssh_raw("op", &reg.keys.operator, &["-T"], None, Some(&input));
+    add_version(&reg, "code", "v01", &tar_gz(&[("a", b"a")]));
+    let out = reg.ssh_raw("op", &reg.keys.operator, &["-T"], None, Some(&input));
+    out.assert_code(0);
+    assert!(out.stdout_str().ends_with("\ncode\n"), "{out}");
     still_serves(&reg);
     // And through a pty.
     let _ = reg.ssh_raw("op", &reg.keys.operator, &["-tt"], None, Some(&input));
