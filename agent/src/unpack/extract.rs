@@ -497,7 +497,18 @@ impl Tree {
         // of the staging tree, so this path names the same directory.
         let path = comps.iter().fold(self.root_path.clone(), |p, c| p.join(c));
         remove_tree(&path)?;
-        self.dir_meta.retain(|k, _| !k.starts_with(&comps));
+        // Keys under `comps` sort right after it, contiguously: remove just that range
+        // (a `retain` over every directory per removal would be quadratic).
+        let under: Vec<Comps> = self
+            .dir_meta
+            .range(comps.clone()..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(&comps))
+            .cloned()
+            .collect();
+        for k in under {
+            self.dir_meta.remove(&k);
+        }
         Ok(())
     }
 

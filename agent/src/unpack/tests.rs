@@ -725,3 +725,19 @@ fn many_opaque_whiteouts_stay_linear() {
         start.elapsed()
     );
 }
+
+#[test]
+fn removed_directory_forgets_its_recorded_mode() {
+    let mut f = Fixture::new();
+    f.layer(&[dir("x", 0o700), dir("x/y", 0o700), dir("xz", 0o700)])
+        .layer(&[file(".wh.x", ""), file("x/y/z", "new")]);
+    f.build().unwrap();
+    assert_eq!(
+        mode_of(&f.tree().join("x")) & 0o077,
+        0o055 & mode_of(&f.tree().join("x"))
+    );
+    assert_ne!(mode_of(&f.tree().join("x")), 0o700);
+    assert_ne!(mode_of(&f.tree().join("x/y")), 0o700);
+    // A sibling that merely shares the prefix keeps its mode.
+    assert_eq!(mode_of(&f.tree().join("xz")), 0o700);
+}
