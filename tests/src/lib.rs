@@ -1066,6 +1066,33 @@ impl TarBuilder {
         self
     }
 
+    /// A PAX extended header (`x`) whose records (`path`, `linkpath`, `size`, `uid`, ...)
+    /// apply to the next entry: for names and targets past the ustar limits, or for tests of
+    /// what a PAX record may override.
+    pub fn pax(mut self, records: &[(&str, &[u8])]) -> TarBuilder {
+        let mut body = Vec::new();
+        for (key, value) in records {
+            // "<len> <key>=<value>\n", where <len> counts itself.
+            let rest = key.len() + value.len() + 3;
+            let mut len = rest + 1;
+            while len != rest + len.to_string().len() {
+                len = rest + len.to_string().len();
+            }
+            body.extend_from_slice(format!("{len} {key}=").as_bytes());
+            body.extend_from_slice(value);
+            body.push(b'\n');
+        }
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name[..14].copy_from_slice(b"././@PaxHeader");
+        h.set_mode(0o644);
+        h.set_size(body.len() as u64);
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_cksum();
+        self.buf.extend_from_slice(h.as_bytes());
+        self.push_data(&body);
+        self
+    }
+
     /// Raw bytes appended as they are (a corrupt header, trailing garbage...).
     pub fn raw(mut self, bytes: &[u8]) -> TarBuilder {
         self.buf.extend_from_slice(bytes);
@@ -1148,6 +1175,22 @@ mod tests {
         assert_eq!(seen[3].1, b'1');
         assert_eq!(seen[4].0, long.as_bytes());
         assert_eq!(seen[5].1, b'3');
+    }
+
+    #[test]
+    fn pax_records_reach_the_next_entry() {
+        let long = "p/".repeat(80) + "file";
+        let t = TarBuilder::new()
+            .pax(&[("path", long.as_bytes())])
+            .file("short", b"x")
+            .tar();
+        let mut ar = tar::Archive::new(&t[..]);
+        let names: Vec<Vec<u8>> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path_bytes().into_owned())
+            .collect();
+        assert_eq!(names, [long.into_bytes()]);
     }
 
     #[test]
