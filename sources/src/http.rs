@@ -1,0 +1,1 @@
+//! The HTTP client every HTTP source shares (timeouts, user agent, TLS, proxies).
