@@ -111,7 +111,19 @@ fn sigterm_during_upload_lets_it_finish() {
         thread::sleep(Duration::from_millis(20));
     }
     reg.signal(libc::SIGTERM);
-    // New connections are refused while it drains (or it is already gone).
+    // While it drains, new connections are refused (it stops accepting first).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", reg.port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still accepting 10 s after SIGTERM"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !handle.is_finished(),
+        "the upload ended before the drain was observed"
+    );
     let out = handle.join().expect("sftp thread");
     out.assert_ok();
     let st = reg.wait_exit(60);
