@@ -1181,3 +1181,44 @@ fn interactive_shell_in_tmux() {
     tmux.run(&["send-keys", "-t", "t", "C-d"]).assert_ok();
     tmux.wait_for("exit status", "EXIT=0");
 }
+
+#[test]
+fn our_commands_validate_their_flags() {
+    let reg = Registry::start();
+    let rollback_usage = "Usage of rollback:\n  -name string\n    \tconfiguration name\n  -to int\n    \thistory entry to restore (default: the previous state)\n";
+    let audit_usage =
+        "Usage of audit:\n  -n int\n    \tnumber of newest records to show (default 50)\n";
+    fails(&reg, "history", "name should be set\n");
+    fails(&reg, "history -name a/b", "name cannot contain / symbol\n");
+    fails(
+        &reg,
+        "history -h",
+        "Usage of history:\n  -name string\n    \tconfiguration name\n",
+    );
+    fails(&reg, "rollback", "name should be set\n");
+    fails(&reg, "rollback -name a/b", "name cannot contain / symbol\n");
+    fails(
+        &reg,
+        "rollback -name x -to y",
+        &format!("invalid value \"y\" for flag -to: parse error\n{rollback_usage}"),
+    );
+    fails(
+        &reg,
+        "rollback -name x -to -1",
+        "-to should be a positive history entry number\n",
+    );
+    fails(&reg, "rollback -h", rollback_usage);
+    fails(
+        &reg,
+        "audit -n x",
+        &format!("invalid value \"x\" for flag -n: parse error\n{audit_usage}"),
+    );
+    fails(&reg, "audit -n 0", "-n should be a positive number\n");
+    fails(&reg, "audit -h", audit_usage);
+    fails(
+        &reg,
+        "fsck -x",
+        "flag provided but not defined: -x\nUsage of fsck:\n",
+    );
+    succeeds(&reg, "fsck", "checked 0 blobs (0 bytes): no problems\n");
+}
