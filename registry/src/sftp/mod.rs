@@ -4,14 +4,16 @@
 //!   CLOSE is answered.
 //! - [`service`]: what `deploy-agent` sees, read-only: `configs/<name>.json` and `files/<sha256>`.
 //!
-//! Both run on [`stream::decoupled_parts`], which keeps reading the channel while a reply waits for
-//! the client's window (the russh + russh-sftp deadlock, spike-russh.md section 7).
+//! Both run our request loop ([`server`]) on [`stream::decoupled_parts`], which keeps reading
+//! the channel while a reply waits for the client's window (the russh + russh-sftp deadlock,
+//! spike-russh.md section 7).
 //!
 //! Errors: clients get a status code and a generic text; details (paths, causes) go to the log
 //! only, so server paths never leak (deploy-tools A11).
 
 pub mod operator;
 pub mod path;
+pub mod server;
 pub mod service;
 pub mod stream;
 
@@ -20,7 +22,6 @@ use std::collections::HashMap;
 use russh_sftp::protocol::{ExtendedReply, Packet, StatusCode, Version};
 use russh_sftp::server::StatusReply;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::oneshot;
 
 use crate::store::StoreError;
 
@@ -62,22 +63,19 @@ fn extended(id: u32, request: &str) -> Result<Packet, StatusReply> {
     Ok(Packet::ExtendedReply(ExtendedReply { id, data }))
 }
 
-/// Runs `handler` on `stream` (decoupled) until the session ends, that is until russh-sftp
-/// drops the handler; then runs `before_close` while the stream is still open, and closes it.
-async fn run<S, H, F>(stream: S, handler: H, ended: oneshot::Receiver<()>, before_close: F)
+/// Runs `handler` on `stream` (decoupled) until the client ends the session; then runs
+/// `before_close` while the stream is still open, and closes it. The handler is dropped first,
+/// which finishes what it holds (open uploads).
+async fn run<S, H, F>(stream: S, handler: H, before_close: F)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
-    H: russh_sftp::server::Handler + Send + 'static,
+    H: server::View,
     F: Future<Output = ()>,
 {
-    let config = russh_sftp::server::Config {
-        max_client_packet_len: MAX_PACKET,
-    };
     let (stream, reader) = stream::decoupled_parts(stream);
-    russh_sftp::server::run_with_config(stream, handler, config).await;
-    // The sender lives in the handler; it is dropped (Err here) when the session is over.
-    let _ = ended.await;
-    // The reader ends once russh-sftp dropped its side; the read half it returns keeps the
+    let (input, output) = stream.into_inner();
+    server::serve(input, output, handler, MAX_PACKET).await;
+    // The reader task ends once the loop dropped the queue; the read half it returns keeps the
     // channel open for `before_close`.
     let read_half = reader.await;
     before_close.await;

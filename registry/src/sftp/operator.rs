@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
+
 use common::digest::Digest;
 use russh::ChannelStream;
 use russh::server::Msg;
@@ -22,9 +24,10 @@ use russh_sftp::protocol::{
 };
 use russh_sftp::server::StatusReply;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::server::View;
 use super::{MAX_HANDLES, bad_handle, denied, internal, path, store_failure, too_many_handles};
 use crate::store::{Actor, Store, StoreError, Upload};
 
@@ -58,15 +61,13 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
     F: Future<Output = ()>,
 {
-    let (ended_tx, ended_rx) = oneshot::channel();
     let handler = Operator {
         store,
         actor,
         uploads: HashMap::new(),
         next_handle: 0,
-        _ended: ended_tx,
     };
-    super::run(stream, handler, ended_rx, before_close).await;
+    super::run(stream, handler, before_close).await;
 }
 
 struct Operator {
@@ -74,8 +75,6 @@ struct Operator {
     actor: Actor,
     uploads: HashMap<String, Slot>,
     next_handle: u64,
-    /// Dropped with the handler, which tells `serve` the session is over.
-    _ended: oneshot::Sender<()>,
 }
 
 enum Slot {
@@ -85,7 +84,7 @@ enum Slot {
 }
 
 struct Writer {
-    chunks: mpsc::Sender<(u64, Vec<u8>)>,
+    chunks: mpsc::Sender<(u64, Bytes)>,
     /// Ends with the registered upload once `chunks` is dropped (CLOSE, or session end).
     done: JoinHandle<Result<(Digest, u64), StoreError>>,
 }
@@ -94,7 +93,7 @@ struct Writer {
 /// when the queue closes. Store calls block (disk, SQLite), so they run on the blocking pool.
 async fn write_upload(
     mut upload: Upload,
-    mut chunks: mpsc::Receiver<(u64, Vec<u8>)>,
+    mut chunks: mpsc::Receiver<(u64, Bytes)>,
     actor: Actor,
 ) -> Result<(Digest, u64), StoreError> {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
@@ -169,6 +168,28 @@ impl Operator {
     }
 }
 
+impl View for Operator {
+    async fn write_bytes(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<Status, StatusReply> {
+        match self.uploads.get(&handle) {
+            None => Err(bad_handle()),
+            Some(Slot::Failed(reply)) => Err(reply.clone()),
+            Some(Slot::Open(w)) => {
+                if w.chunks.send((offset, data)).await.is_ok() {
+                    Ok(ok(id))
+                } else {
+                    Err(self.writer_failed(&handle).await)
+                }
+            }
+        }
+    }
+}
+
 impl russh_sftp::server::Handler for Operator {
     type Error = StatusReply;
 
@@ -226,17 +247,8 @@ impl russh_sftp::server::Handler for Operator {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<Status, StatusReply> {
-        match self.uploads.get(&handle) {
-            None => Err(bad_handle()),
-            Some(Slot::Failed(reply)) => Err(reply.clone()),
-            Some(Slot::Open(w)) => {
-                if w.chunks.send((offset, data)).await.is_ok() {
-                    Ok(ok(id))
-                } else {
-                    Err(self.writer_failed(&handle).await)
-                }
-            }
-        }
+        self.write_bytes(id, handle, offset, Bytes::from(data))
+            .await
     }
 
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, StatusReply> {

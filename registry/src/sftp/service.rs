@@ -25,7 +25,6 @@ use russh_sftp::protocol::{
 };
 use russh_sftp::server::StatusReply;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::oneshot;
 
 use super::path::{ServicePath, parse_digest};
 use super::{
@@ -61,22 +60,18 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
     F: Future<Output = ()>,
 {
-    let (ended_tx, ended_rx) = oneshot::channel();
     let handler = Service {
         store,
         handles: HashMap::new(),
         next_handle: 0,
-        _ended: ended_tx,
     };
-    super::run(stream, handler, ended_rx, before_close).await;
+    super::run(stream, handler, before_close).await;
 }
 
 struct Service {
     store: Store,
     handles: HashMap<String, Open>,
     next_handle: u64,
-    /// Dropped with the handler, which tells `serve` the session is over.
-    _ended: oneshot::Sender<()>,
 }
 
 enum Open {
@@ -281,6 +276,8 @@ impl Service {
         handle
     }
 }
+
+impl super::server::View for Service {}
 
 impl russh_sftp::server::Handler for Service {
     type Error = StatusReply;

@@ -28,7 +28,7 @@ pub const QUEUE_CAP: usize = 64 << 20;
 /// One read from the channel is at most one SSH packet (32 KiB from OpenSSH); this leaves room.
 const READ_CHUNK: usize = 64 << 10;
 
-/// The stream handed to russh-sftp: our queue for reading, the channel itself for writing.
+/// Our queue for reading, the channel itself for writing.
 pub type Decoupled<S> = Join<QueueReader, WriteHalf<S>>;
 
 /// Splits `stream` and spawns the task that drains its read half (see the module docs).
@@ -98,16 +98,83 @@ where
     (stream, reader)
 }
 
-/// The read side russh-sftp sees: the bytes the reader task queued, in order; EOF when the
-/// channel reached EOF (or failed) and the queue is empty.
-///
-/// It never returns an error: russh-sftp's loop only stops on EOF and would spin on errors.
+/// The read side: the bytes the reader task queued, in order, as SFTP packets
+/// ([`QueueReader::next_packet`]) or as a byte stream (`AsyncRead`); the end when the channel
+/// reached EOF (or failed) and the queue is empty. Reading never fails: a broken channel is
+/// just its end.
 pub struct QueueReader {
     rx: mpsc::UnboundedReceiver<Bytes>,
     current: Bytes,
     /// Length of `current` when it was queued: what to give back to `budget` once it is used.
     current_len: usize,
     budget: Arc<Semaphore>,
+}
+
+/// A framed SFTP packet longer than the limit: the peer broke the protocol.
+#[derive(Debug)]
+pub struct PacketTooLong(pub u32);
+
+impl QueueReader {
+    /// The next SFTP packet (type byte and payload, without the length), or `None` at EOF.
+    ///
+    /// A packet that lies within one queued chunk is handed out without copying; one that spans
+    /// chunks (a 255 KiB WRITE always does) is copied once into its own buffer. russh-sftp's
+    /// own reader zero-fills a buffer and then copies twice more.
+    pub async fn next_packet(&mut self, max_len: u32) -> Result<Option<Bytes>, PacketTooLong> {
+        let Some(len) = self.take(4).await else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        if len > max_len {
+            return Err(PacketTooLong(len));
+        }
+        // A packet cut short by EOF is dropped, as russh-sftp does.
+        Ok(self.take(len as usize).await)
+    }
+
+    /// Exactly `n` bytes, or `None` if the queue ends first.
+    async fn take(&mut self, n: usize) -> Option<Bytes> {
+        if !self.fill().await {
+            return (n == 0).then(Bytes::new);
+        }
+        if self.current.len() >= n {
+            let out = self.current.split_to(n);
+            self.release_if_used();
+            return Some(out);
+        }
+        let mut out = BytesMut::with_capacity(n);
+        while out.len() < n {
+            if !self.fill().await {
+                return None;
+            }
+            let k = self.current.len().min(n - out.len());
+            out.extend_from_slice(&self.current[..k]);
+            self.current.advance(k);
+            self.release_if_used();
+        }
+        Some(out.freeze())
+    }
+
+    /// Makes `current` non-empty; false at the end of the queue.
+    async fn fill(&mut self) -> bool {
+        while self.current.is_empty() {
+            match self.rx.recv().await {
+                Some(chunk) => {
+                    self.current_len = chunk.len();
+                    self.current = chunk;
+                }
+                None => return false,
+            }
+        }
+        true
+    }
+
+    fn release_if_used(&mut self) {
+        if self.current.is_empty() && self.current_len > 0 {
+            self.budget.add_permits(self.current_len);
+            self.current_len = 0;
+        }
+    }
 }
 
 impl AsyncRead for QueueReader {
@@ -208,5 +275,40 @@ mod tests {
             .expect("peer must see the stream closed")
             .unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
+    async fn packets_are_framed_across_chunks_and_limited() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (s, _reader) = decoupled_parts(server);
+        let (mut input, _output) = s.into_inner();
+        let (_cr, mut cw) = tokio::io::split(client);
+        let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let mut wire = Vec::new();
+        for p in [&b"abc"[..], &big[..], &b""[..]] {
+            wire.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            wire.extend_from_slice(p);
+        }
+        wire.extend_from_slice(&1000u32.to_be_bytes());
+        // Written in odd pieces so that packets straddle the reader's chunks.
+        let writer = tokio::spawn(async move {
+            for piece in wire.chunks(7777) {
+                cw.write_all(piece).await.unwrap();
+            }
+            cw
+        });
+        assert_eq!(
+            input.next_packet(1 << 20).await.unwrap().unwrap(),
+            &b"abc"[..]
+        );
+        assert_eq!(input.next_packet(1 << 20).await.unwrap().unwrap(), &big[..]);
+        assert_eq!(input.next_packet(1 << 20).await.unwrap().unwrap(), &b""[..]);
+        assert!(
+            input.next_packet(999).await.is_err(),
+            "1000 bytes is over a 999 limit"
+        );
+        let mut cw = writer.await.unwrap();
+        cw.shutdown().await.unwrap();
+        assert!(input.next_packet(1 << 20).await.unwrap().is_none());
     }
 }
