@@ -17,8 +17,8 @@ pub mod img;
 
 pub use error::SourceError;
 
-use common::digest::Digest;
 use common::dewy::artifact::ArtifactKind;
+use common::digest::Digest;
 use common::timefmt::OffsetDateTime;
 
 /// What a source says should run now.
