@@ -260,3 +260,52 @@ fn garbage_instead_of_ssh_is_dropped() {
     assert!(took < Duration::from_secs(45));
     still_serves(&reg);
 }
+
+#[test]
+fn idle_session_is_cut_by_deadline() {
+    // -deadline is an idle limit here (spec 8.B6): a shell that sits idle is closed...
+    let reg = Registry::start_with(&["-deadline", "2s"]);
+    let start = Instant::now();
+    let mut c = reg.ssh_cmd(&reg.keys.operator);
+    c.arg("-tt").arg(reg.dest("op"));
+    let mut child = c
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("idle session still open after 30 s with -deadline 2s");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "cut too early: {:?}",
+        start.elapsed()
+    );
+    // ...while a transfer that keeps the connection busy for longer is not.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("slow.bin");
+    fs::write(&file, vec![7u8; 4 << 20]).unwrap();
+    let t = Instant::now();
+    reg.sftp_args(
+        "op",
+        &reg.keys.operator,
+        &["-l", "8000"],
+        &format!("put {} slow.bin\n", file.display()),
+    )
+    .assert_ok();
+    assert!(
+        t.elapsed() > Duration::from_secs(3),
+        "the upload was not slow: {:?}",
+        t.elapsed()
+    );
+    still_serves(&reg);
+}
