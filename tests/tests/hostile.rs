@@ -270,10 +270,16 @@ fn idle_session_is_cut_by_deadline() {
     c.arg("-tt").arg(reg.dest("op"));
     let mut child = c
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
     loop {
         if child.try_wait().unwrap().is_some() {
             break;
@@ -289,6 +295,12 @@ fn idle_session_is_cut_by_deadline() {
         start.elapsed() >= Duration::from_secs(2),
         "cut too early: {:?}",
         start.elapsed()
+    );
+    let shown = reader.join().unwrap();
+    assert!(
+        shown.starts_with(b"\x1b[31m> "),
+        "the shell never started: {:?}",
+        String::from_utf8_lossy(&shown)
     );
     // ...while a transfer that keeps the connection busy for longer is not.
     let dir = tempfile::tempdir().unwrap();
