@@ -26,6 +26,7 @@ use russh_sftp::server::StatusReply;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
 use super::server::View;
 use super::{MAX_HANDLES, bad_handle, denied, internal, path, store_failure, too_many_handles};
@@ -61,13 +62,19 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
     F: Future<Output = ()>,
 {
+    let writers = TaskTracker::new();
     let handler = Operator {
         store,
         actor,
         uploads: HashMap::new(),
         next_handle: 0,
+        writers: writers.clone(),
     };
     super::run(stream, handler, before_close).await;
+    // Uploads left open by the client are finishing in their writers: the session (and a
+    // graceful shutdown waiting for it) is over only when they are registered.
+    writers.close();
+    writers.wait().await;
 }
 
 struct Operator {
@@ -75,6 +82,8 @@ struct Operator {
     actor: Actor,
     uploads: HashMap<String, Slot>,
     next_handle: u64,
+    /// The upload writers, so that the session waits for them.
+    writers: TaskTracker,
 }
 
 enum Slot {
@@ -232,7 +241,9 @@ impl russh_sftp::server::Handler for Operator {
             .map_err(|e| internal("begin upload", &e))?
             .map_err(store_failure)?;
         let (chunks, queue) = mpsc::channel(QUEUED_WRITES);
-        let done = tokio::spawn(write_upload(upload, queue, self.actor.clone()));
+        let done = self
+            .writers
+            .spawn(write_upload(upload, queue, self.actor.clone()));
         let handle = self.next_handle.to_string();
         self.next_handle += 1;
         self.uploads

@@ -168,12 +168,14 @@ async fn upload_over_the_size_limit_fails_with_the_store_message() {
 struct Raw {
     stream: tokio::io::DuplexStream,
     next_id: u32,
+    /// The server side: ends when the session (and whatever it finishes) is over.
+    session: tokio::task::JoinHandle<()>,
 }
 
 impl Raw {
     async fn operator(store: &Store) -> Raw {
         let (client, server) = tokio::io::duplex(1 << 20);
-        tokio::spawn(operator::serve_on(
+        let session = tokio::spawn(operator::serve_on(
             server,
             store.clone(),
             Actor::default(),
@@ -182,6 +184,7 @@ impl Raw {
         let mut raw = Raw {
             stream: client,
             next_id: 1,
+            session,
         };
         match raw
             .call(Packet::Init(russh_sftp::protocol::Init::new()))
@@ -241,24 +244,25 @@ async fn handles_open_at_session_end_are_finished() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path(), 1 << 30);
     let data = payload(700_000);
-    {
-        let mut raw = Raw::operator(&store).await;
-        let h = raw.create("partial").await.unwrap();
-        for (i, chunk) in data.chunks(100_000).enumerate() {
-            raw.write(&h, (i * 100_000) as u64, chunk).await;
-        }
-        // Dropped without CLOSE: the connection ends with the handle open.
+    let mut raw = Raw::operator(&store).await;
+    let h = raw.create("partial").await.unwrap();
+    for (i, chunk) in data.chunks(100_000).enumerate() {
+        raw.write(&h, (i * 100_000) as u64, chunk).await;
     }
+    // The connection ends with the handle open (no CLOSE).
+    let Raw {
+        stream, session, ..
+    } = raw;
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(30), session)
+        .await
+        .expect("the session ends")
+        .unwrap();
+    // The session ended only after finishing the upload.
     let hash = sha256_hex(&data);
-    let mut last = None;
-    for _ in 0..100 {
-        match store.add_version("app", "v1", &hash, &Actor::default()) {
-            Ok(()) => return,
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the open upload was not registered at session end: {last:?}");
+    store
+        .add_version("app", "v1", &hash, &Actor::default())
+        .expect("the open upload was registered at session end");
 }
 
 #[tokio::test]
