@@ -278,3 +278,47 @@ fn fsck_finds_corrupt_missing_and_unknown_blobs() {
     off.assert_code(1);
     eqnice!(text, off.stdout_str());
 }
+
+#[test]
+fn kill9_during_upload_registers_nothing_partial() {
+    let mut reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.bin");
+    let blob: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(40_503) >> 7) as u8)
+        .collect();
+    fs::write(&file, &blob).unwrap();
+    let hash = sha256_hex(&blob);
+    let mut sftp = Command::new("sftp");
+    sftp.arg("-P")
+        .arg(reg.port.to_string())
+        .args(reg.ssh_opts(&reg.keys.operator))
+        .args(["-l", "8000", "-b", "-"])
+        .arg(reg.dest("op"));
+    let batch = format!("put {} big.bin\n", file.display());
+    let handle = thread::spawn(move || e2e::run(&mut sftp, Some(batch.as_bytes())));
+    let uploads = reg.data_dir().join("uploads");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fs::read_dir(&uploads)
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false))
+        })
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "upload never started");
+        thread::sleep(Duration::from_millis(20));
+    }
+    reg.kill9();
+    handle.join().expect("sftp thread").assert_fail();
+    reg.restart();
+    // The cut upload is not the content: its hash is unknown, nothing half-written is used.
+    reg.ssh(&format!("addver -name big -version v1 -hash {hash}"))
+        .assert_code(1)
+        .assert_stdout("no uploaded file with given hash found\n");
+    // Uploading again works, and the registry is consistent.
+    assert_eq!(upload(&reg, &blob), hash);
+    reg.ssh(&format!("addver -name big -version v1 -hash {hash}"))
+        .assert_ok();
+    reg.ssh("fsck").assert_ok();
+}
