@@ -140,6 +140,9 @@ pub struct ImgOptions {
     pub calver: Option<String>,
     /// `constraint`: accepted and kept, but Dewy never applies it (a TODO upstream).
     pub constraint: Option<String>,
+    /// `insecure` (ours, not Dewy's): plain `http` to a registry that is not on loopback
+    /// (Dewy uses `http` only for hosts starting with `localhost` / `127.0.0.1`). Default false.
+    pub insecure: bool,
 }
 
 /// `grpc://` query options. There is no `pre-release`: the server chooses the version.
@@ -387,6 +390,9 @@ impl fmt::Display for RegistryUrl {
             RegistryUrl::Img { host, repo, opts } => {
                 opt("calver", &opts.calver);
                 opt("constraint", &opts.constraint);
+                if opts.insecure {
+                    q.push("insecure=true".to_string());
+                }
                 format!("img://{host}/{repo}")
             }
             RegistryUrl::Grpc { target, opts } => {
@@ -553,7 +559,15 @@ fn parse_gs(u: goquery::GoUrl) -> Result<RegistryUrl, UrlError> {
 }
 
 fn parse_img(url: &str, u: goquery::GoUrl) -> Result<RegistryUrl, UrlError> {
-    let o = Opts::decode(&u, &[PRE_RELEASE, CALVER, ("constraint", Kind::Str)])?;
+    let o = Opts::decode(
+        &u,
+        &[
+            PRE_RELEASE,
+            CALVER,
+            ("constraint", Kind::Str),
+            ("insecure", Kind::Bool),
+        ],
+    )?;
     if u.host.is_empty() {
         return Err(UrlError::Invalid(format!(
             "invalid OCI URL {url}: registry host is required"
@@ -573,6 +587,7 @@ fn parse_img(url: &str, u: goquery::GoUrl) -> Result<RegistryUrl, UrlError> {
             pre_release: o.bool("pre-release"),
             calver: o.str("calver"),
             constraint: o.str("constraint"),
+            insecure: o.bool("insecure"),
         },
     })
 }
@@ -838,8 +853,17 @@ mod tests {
             ImgOptions {
                 pre_release: true,
                 calver: None,
-                constraint: Some("^1.0".into())
+                constraint: Some("^1.0".into()),
+                insecure: false,
             }
+        );
+        let RegistryUrl::Img { opts, .. } = p("img://reg.lan:5000/o/app?insecure=true") else {
+            panic!()
+        };
+        assert!(opts.insecure);
+        assert_eq!(
+            err("img://reg.lan/o/app?insecure=maybe"),
+            r#"schema: error converting value for "insecure""#
         );
         assert_eq!(
             err("img://ghcr.io/o/app?artifact=x"),
