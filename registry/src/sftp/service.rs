@@ -397,15 +397,13 @@ impl russh_sftp::server::Handler for Service {
                 }
                 // At most MAX_READ_WRITE, so it fits a usize.
                 let want = len.min(*size - offset) as usize;
-                let file = Arc::clone(file);
-                let data = blocking("read blob", move || {
+                let data = super::short_blocking(|| {
                     let mut buf = vec![0u8; want];
                     file.read_at(&mut buf, offset).map(|n| {
                         buf.truncate(n);
                         buf
                     })
                 })
-                .await?
                 .map_err(|e| internal("read blob", &e))?;
                 if data.is_empty() {
                     return Err(eof());
