@@ -395,3 +395,25 @@ fn expiry_time_option_is_enforced() {
     out.assert_code(255);
     out.assert_stderr_contains(DENIED);
 }
+
+#[test]
+fn only_the_sftp_subsystem_exists() {
+    let reg = Registry::start();
+    for (user, key) in [
+        ("op", &reg.keys.operator),
+        ("deploy-agent", &reg.keys.service),
+    ] {
+        let out = reg.ssh_raw(user, key, &["-s"], Some("shell"), None);
+        out.assert_fail();
+        out.assert_stderr_contains("subsystem request failed on channel 0");
+    }
+    // Environment variables are ignored, the command still runs.
+    let out = reg.ssh_raw(
+        "op",
+        &reg.keys.operator,
+        &["-o", "SetEnv=LD_PRELOAD=/tmp/x.so"],
+        Some("components"),
+        None,
+    );
+    out.assert_ok();
+}
