@@ -150,8 +150,7 @@ impl Agent {
                 remote.layers.len()
             );
         } else {
-            self.fetch_layers(&remote).await?;
-            self.build_tree(&remote).await?;
+            self.fetch_and_build(&remote).await?;
         }
 
         if let Some(script) = self.opts.script.clone() {
@@ -209,21 +208,86 @@ impl Agent {
         });
     }
 
-    /// Downloads the layers missing from the cache; logs how many crossed the network.
-    async fn fetch_layers(&mut self, remote: &Configuration) -> anyhow::Result<()> {
+    /// Downloads the missing layers and builds the tree from them at the same time: each
+    /// layer is unpacked into the staging directory while it streams in (the download of
+    /// layer i+1 overlapping the unpacking of layer i), and the tree is put in place only once
+    /// every layer has matched its hash. A layer that fails verification fails its stream, so
+    /// the staging directory is removed and nothing of it is used.
+    async fn fetch_and_build(&mut self, remote: &Configuration) -> anyhow::Result<()> {
+        // Re-hash cached blobs before trusting them: a damaged one is removed and fetched
+        // again (B15).
+        let mut cached: HashSet<&str> = HashSet::new();
+        for l in &remote.layers {
+            if cached.contains(l.hash.as_str()) || !self.cache.contains(&l.hash) {
+                continue;
+            }
+            // Hashing a large layer takes a while: off the async workers.
+            let cache = self.cache.clone();
+            let hash = l.hash.clone();
+            let ok = tokio::task::spawn_blocking(move || cache.verify(&hash))
+                .await
+                .context("verify task failed")??;
+            if ok {
+                cached.insert(&l.hash);
+            }
+        }
+        let mut inputs = Vec::with_capacity(remote.layers.len());
+        let mut downloads = Vec::new();
+        let mut planned: HashSet<&str> = HashSet::new();
+        for l in &remote.layers {
+            let hash = l.hash.clone();
+            // A blob listed twice is downloaded once; the unpacker reaches its second use only
+            // after the first stream ended, that is after the blob was verified and in place.
+            if cached.contains(l.hash.as_str()) || !planned.insert(&l.hash) {
+                let path = self.cache.path(&l.hash);
+                inputs.push(unpack::LayerInput::File { hash, path });
+            } else {
+                let (writer, reader) = unpack::stream();
+                downloads.push((hash.clone(), writer));
+                inputs.push(unpack::LayerInput::Stream { hash, reader });
+            }
+        }
+
+        let unpacked = self.unpacked();
+        let id = remote.hash.clone();
+        let policy = self.opts.policy;
+        let flag = Arc::new(AtomicBool::new(false));
+        let worker_flag = flag.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            unpack::build_tree_from(&unpacked, &id, inputs, &policy, &worker_flag)
+        });
+        let cancel = self.cancel.clone();
+        let watcher = tokio::spawn(async move {
+            cancel.cancelled().await;
+            flag.store(true, Ordering::Relaxed);
+        });
+        // On error the remaining writers are dropped, which fails the unpacker's stream.
+        let fetched = self.download(remote, downloads).await;
+        let built = task.await;
+        watcher.abort();
+        // The download's error is the cause; the unpacker's is then only its echo.
+        fetched?;
+        built.context("unpack task failed")??;
+        Ok(())
+    }
+
+    /// Downloads `downloads` (in configuration order) into the cache, each also into its
+    /// stream; logs how many layers crossed the network.
+    async fn download(
+        &mut self,
+        remote: &Configuration,
+        downloads: Vec<(String, unpack::StreamWriter)>,
+    ) -> anyhow::Result<()> {
         let mut fetched = 0;
         let mut bytes = 0;
-        for l in &remote.layers {
+        for (hash, writer) in downloads {
             if self.cancel.is_cancelled() {
                 anyhow::bail!("interrupted");
-            }
-            if self.cache.contains(&l.hash) {
-                continue;
             }
             let res = {
                 let blobs = self.source.blobs().await?;
                 tokio::select! {
-                    r = self.cache.fetch(&blobs, &l.hash) => r,
+                    r = self.cache.fetch_into(&blobs, &hash, Some(writer)) => r,
                     _ = self.cancel.cancelled() => anyhow::bail!("interrupted"),
                 }
             };
@@ -232,9 +296,9 @@ impl Agent {
                     fetched += 1;
                     bytes += f.downloaded;
                     if f.resumed_from > 0 {
-                        tracing::info!(layer = %l.hash, "download resumed at byte {}", f.resumed_from);
+                        tracing::info!(layer = %hash, "download resumed at byte {}", f.resumed_from);
                     }
-                    tracing::debug!(layer = %l.hash, bytes = f.downloaded, resumed_from = f.resumed_from, "layer downloaded");
+                    tracing::debug!(layer = %hash, bytes = f.downloaded, resumed_from = f.resumed_from, "layer downloaded");
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -250,47 +314,6 @@ impl Agent {
             "layers fetched from the registry: {fetched} of {} ({bytes} bytes)",
             remote.layers.len()
         );
-        Ok(())
-    }
-
-    async fn build_tree(&mut self, remote: &Configuration) -> anyhow::Result<()> {
-        // Re-hash cached blobs before trusting them: a damaged one is fetched again (B15).
-        for l in &remote.layers {
-            // Hashing a large layer takes a while: off the async workers.
-            let cache = self.cache.clone();
-            let hash = l.hash.clone();
-            let ok = tokio::task::spawn_blocking(move || cache.verify(&hash))
-                .await
-                .context("verify task failed")??;
-            if !ok {
-                let blobs = self.source.blobs().await?;
-                self.cache.fetch(&blobs, &l.hash).await?;
-            }
-        }
-        let layers: Vec<unpack::LayerFile> = remote
-            .layers
-            .iter()
-            .map(|l| unpack::LayerFile {
-                hash: l.hash.clone(),
-                path: self.cache.path(&l.hash),
-            })
-            .collect();
-        let unpacked = self.unpacked();
-        let id = remote.hash.clone();
-        let policy = self.opts.policy;
-        let flag = Arc::new(AtomicBool::new(false));
-        let worker_flag = flag.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            unpack::build_tree(&unpacked, &id, &layers, &policy, &worker_flag)
-        });
-        let cancel = self.cancel.clone();
-        let watcher = tokio::spawn(async move {
-            cancel.cancelled().await;
-            flag.store(true, Ordering::Relaxed);
-        });
-        let res = task.await.context("unpack task failed");
-        watcher.abort();
-        res??;
         Ok(())
     }
 }

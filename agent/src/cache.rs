@@ -18,6 +18,8 @@ use std::time::{Duration, SystemTime};
 use common::digest::Hasher;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use crate::unpack::StreamWriter;
+
 /// A reader over one blob.
 pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
 
@@ -133,6 +135,17 @@ impl Cache {
         source: &S,
         hash: &str,
     ) -> Result<Option<Fetched>, CacheError> {
+        self.fetch_into(source, hash, None).await
+    }
+
+    /// [`Cache::fetch`], also passing every byte of the blob (a resumed prefix included) to
+    /// `tap` as it arrives, and telling it when the whole blob has verified.
+    pub async fn fetch_into<S: LayerSource>(
+        &self,
+        source: &S,
+        hash: &str,
+        mut tap: Option<StreamWriter>,
+    ) -> Result<Option<Fetched>, CacheError> {
         if self.contains(hash) {
             return Ok(None);
         }
@@ -155,6 +168,9 @@ impl Cache {
                         break;
                     }
                     hasher.update(&buf[..n]);
+                    if let Some(t) = &mut tap {
+                        t.send(&buf[..n]).await;
+                    }
                     n_total += n as u64;
                 }
                 n_total
@@ -207,6 +223,9 @@ impl Cache {
                 .await
                 .map_err(io_err("cannot write", &partial))?;
             hasher.update(&buf[..n]);
+            if let Some(t) = &mut tap {
+                t.send(&buf[..n]).await;
+            }
             offset += n as u64;
         }
         out.flush()
@@ -229,6 +248,9 @@ impl Cache {
             .await
             .map_err(io_err("cannot rename", &partial))?;
         sync_dir(&self.dir)?;
+        if let Some(t) = tap {
+            t.verified().await;
+        }
         Ok(Some(Fetched {
             downloaded: offset - resumed_from,
             resumed_from,

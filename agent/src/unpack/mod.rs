@@ -10,6 +10,7 @@
 mod decode;
 mod extract;
 mod path;
+pub mod stream;
 
 use std::fs::File;
 use std::io;
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rustix::fs::{Mode, OFlags};
 
 use extract::{EntryError, LayerFailure, Tree};
+pub use stream::{StreamReader, StreamWriter, stream};
 
 /// What one configuration may make us write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +133,35 @@ pub fn build_tree(
     policy: &Policy,
     cancel: &AtomicBool,
 ) -> Result<Outcome, UnpackError> {
+    let inputs = layers
+        .iter()
+        .map(|l| LayerInput::File {
+            hash: l.hash.clone(),
+            path: l.path.clone(),
+        })
+        .collect();
+    build_tree_from(unpacked, id, inputs, policy, cancel)
+}
+
+/// Where one layer's bytes come from when building a tree.
+pub enum LayerInput {
+    /// A cached blob, already verified.
+    File { hash: String, path: PathBuf },
+    /// A blob arriving from the registry while it is downloaded (see [`stream`]). Unverified
+    /// bytes only ever reach the staging directory, and the stream ends (instead of failing)
+    /// only once the whole blob has matched its hash, so a tree containing a layer that did
+    /// not verify is never renamed into place.
+    Stream { hash: String, reader: StreamReader },
+}
+
+/// [`build_tree`] from inputs that may still be arriving.
+pub fn build_tree_from(
+    unpacked: &Path,
+    id: &str,
+    layers: Vec<LayerInput>,
+    policy: &Policy,
+    cancel: &AtomicBool,
+) -> Result<Outcome, UnpackError> {
     std::fs::create_dir_all(unpacked).map_err(io_err("cannot create", unpacked))?;
     if tree_ready(unpacked, id) {
         return Ok(Outcome::Reused);
@@ -141,26 +172,33 @@ pub fn build_tree(
     let staging = Staging::create(unpacked, id)?;
     let root = open_dir(&staging.path).map_err(io_err("cannot open", &staging.path))?;
     let mut tree = Tree::new(root, staging.path.clone(), *policy);
-    for (i, layer) in layers.iter().enumerate() {
+    let count = layers.len();
+    for (i, layer) in layers.into_iter().enumerate() {
         if cancel.load(Ordering::Relaxed) {
             return Err(UnpackError::Cancelled);
         }
         let index = i + 1;
-        let file = File::open(&layer.path).map_err(io_err("cannot open layer", &layer.path))?;
-        let stream = decode::open_layer(file, tree.bytes(), policy.limits).map_err(|source| {
+        let (hash, input): (String, Box<dyn io::Read>) = match layer {
+            LayerInput::File { hash, path } => {
+                let file = File::open(&path).map_err(io_err("cannot open layer", &path))?;
+                (hash, Box::new(file))
+            }
+            LayerInput::Stream { hash, reader } => (hash, Box::new(reader)),
+        };
+        let stream = decode::open_layer(input, tree.bytes(), policy.limits).map_err(|source| {
             UnpackError::Layer {
                 index,
-                hash: layer.hash.clone(),
+                hash: hash.clone(),
                 entry: None,
                 source,
             }
         })?;
         tree.apply_layer(stream, cancel)
-            .map_err(|f| layer_error(index, &layer.hash, f))?;
+            .map_err(|f| layer_error(index, &hash, f))?;
     }
     tree.apply_dir_metadata().map_err(|e| {
         layer_error(
-            layers.len(),
+            count,
             "directory metadata",
             LayerFailure {
                 entry: None,
