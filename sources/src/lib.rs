@@ -11,9 +11,12 @@
 //! Dispatch is an enum ([`Source`]) rather than a trait object: the set of schemes is closed,
 //! and async methods stay plain `async fn`.
 
+pub mod bucket;
 pub mod error;
+pub mod gs;
 pub mod http;
 pub mod img;
+pub mod s3;
 
 pub use error::SourceError;
 
@@ -65,6 +68,8 @@ pub type ByteStream = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
 /// A configured source.
 pub enum Source {
     Img(img::ImgSource),
+    S3(s3::S3Source),
+    Gs(gs::GsSource),
 }
 
 impl Source {
@@ -72,6 +77,8 @@ impl Source {
     pub async fn current(&self) -> Result<Release, SourceError> {
         match self {
             Source::Img(s) => s.current().await,
+            Source::S3(s) => s.current().await,
+            Source::Gs(s) => s.current().await,
         }
     }
 
@@ -79,6 +86,8 @@ impl Source {
     pub async fn fetch(&self, layer: &Layer, offset: u64) -> Result<ByteStream, SourceError> {
         match self {
             Source::Img(s) => s.fetch(layer, offset).await,
+            Source::S3(s) => s.fetch(layer, offset).await,
+            Source::Gs(s) => s.fetch(layer, offset).await,
         }
     }
 }

