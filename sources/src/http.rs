@@ -56,6 +56,7 @@ pub struct HttpClient {
 
 impl HttpClient {
     pub fn new(config: &HttpConfig) -> Result<Self, SourceError> {
+        install_crypto_provider();
         let inner = reqwest::Client::builder()
             .tls_backend_preconfigured(tls_config()?)
             .user_agent(USER_AGENT)
@@ -101,6 +102,15 @@ impl HttpClient {
     pub async fn send_stream(&self, request: RequestBuilder) -> Result<Response, SourceError> {
         request.send().await.map_err(transport_error)
     }
+}
+
+/// Makes ring the process-wide rustls provider if none is set yet. Our client does not need
+/// it (it carries its own config), but any other reqwest/rustls client in the process (a
+/// library's internal one, `reqwest::Client::new()` in a test) panics without a default
+/// provider, since the workspace builds rustls without aws-lc-rs.
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed: fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// rustls with ring and the system's roots (the platform verifier reads the OS store, so
