@@ -62,14 +62,21 @@ mbps() { awk -v b="$1" -v ns="$2" 'BEGIN { printf "%.1f", b / 1e6 / (ns / 1e9) }
 # ratio $1/$2, two decimals
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }'; }
 
-# The packages the benchmarks need, and the release binaries.
+# The packages the benchmarks need (installed only when missing), and the release binaries.
 bench_prepare() {
-  if [ -x scripts/install-deps ]; then
-    scripts/install-deps >&2
-  elif ! command -v sftp >/dev/null || [ ! -x /usr/sbin/sshd ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-client openssh-server >&2
+  local need=() p
+  # package:command pairs; gcc and libc6-dev build ring and the bundled SQLite.
+  for p in openssh-client:sftp openssh-server:/usr/sbin/sshd gcc:gcc libc6-dev:/usr/include/stdio.h \
+    ca-certificates:/etc/ssl/certs/ca-certificates.crt; do
+    [ -e "${p#*:}" ] || command -v "${p#*:}" >/dev/null 2>&1 || need+=("${p%%:*}")
+  done
+  if [ "${#need[@]}" -gt 0 ]; then
+    say "installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >&2
+    apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 "${need[@]}" </dev/null >&2
   fi
-  command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain first"
+  command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup) first"
   say "building release binaries"
   cargo build --release -p registry >&2
 }

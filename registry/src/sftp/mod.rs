@@ -82,20 +82,6 @@ where
     drop(read_half);
 }
 
-/// Runs a short blocking call (one chunk's pread, or its hash and page-cache write) on this
-/// worker, letting the runtime move the worker's other tasks elsewhere meanwhile.
-///
-/// Measured (`read_strategies` in tests.rs): 255 KiB page-cached reads cost about 4× more
-/// through `spawn_blocking` (a thread hop each) than in place; `tokio::fs` is slower still.
-/// A current-thread runtime (unit tests) cannot hand work over, so the call just runs.
-fn short_blocking<T>(f: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
 fn denied() -> StatusReply {
     StatusCode::PermissionDenied.with_message("Permission denied")
 }

@@ -99,8 +99,9 @@ struct Writer {
 }
 
 /// Writes the queued chunks in arrival order, then finishes (hash, fsync, register) the upload
-/// when the queue closes. Writing a chunk (hash + page-cache copy) is short and runs in place;
-/// `finish` (fsync, SQLite) runs on the blocking pool.
+/// when the queue closes. Store calls block (disk, SQLite), so they run on the blocking pool:
+/// measured, `block_in_place` here halved upload throughput (the worker it blocks also runs
+/// the SSH session), while one `spawn_blocking` per batch of queued chunks costs little.
 async fn write_upload(
     mut upload: Upload,
     mut chunks: mpsc::Receiver<(u64, Bytes)>,
@@ -108,12 +109,16 @@ async fn write_upload(
 ) -> Result<(Digest, u64), StoreError> {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while chunks.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        let written = super::short_blocking(|| {
-            batch
+        let todo = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH));
+        let (back, written) = tokio::task::spawn_blocking(move || {
+            let r = todo
                 .iter()
-                .try_for_each(|(offset, data)| upload.write_at(*offset, data))
-        });
-        batch.clear();
+                .try_for_each(|(offset, data)| upload.write_at(*offset, data));
+            (upload, r)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(anyhow::anyhow!("upload writer: {e}")))?;
+        upload = back;
         if let Err(err) = written {
             tracing::warn!(user = %actor.user, remote = %actor.remote_addr, cause = %err, "upload refused");
             return Err(err);
