@@ -228,6 +228,17 @@ async fn newest_version_artifact_checksum_fetch_and_new_version() {
     assert_eq!(r.tag, "v2.0.0-rc.1");
     assert_eq!(r.layers[0].digest, None);
 
+    // CalVer directories, compared as numbers (2026.11.2 > 2026.9.30).
+    gcs.bucket("cal");
+    for d in ["2026.9.30", "2026.11.2", "2026.10.15", "v1.0.0"] {
+        gcs.put("cal", &format!("{d}/app_linux_amd64.tgz"), d.as_bytes());
+    }
+    let r = source("gs://cal?calver=YYYY.MM.DD", gcs.url())
+        .current()
+        .await
+        .unwrap();
+    assert_eq!(r.tag, "2026.11.2");
+
     // A new version appears between two polls, with a slot.
     let s = source("gs://rel/app", emulator);
     gcs.put("rel", "app/v1.11.0+blue/app_linux_amd64.tar.gz", b"new");
@@ -302,27 +313,31 @@ async fn missing_artifact_corrupt_artifact_and_failures() {
 async fn listing_pages() {
     let gcs = FakeGcs::start();
     gcs.bucket("bkt");
-    // fake-gcs-server pages at 1000 by default; the newest sorts last.
+    // More objects in the version directory than one page (maxResults=1000) holds, the
+    // artifact last in name order: a first-page-only listing would not find it.
+    // (fake-gcs-server returns delimiter prefixes unpaged, so the object listing is where
+    // paging can be seen.)
     let mut script = String::new();
-    let dirs = (0..1100)
-        .map(|i| format!("1.0.{i}"))
-        .chain(["9.0.0".to_string()]);
-    for d in dirs {
+    let names = (0..1100)
+        .map(|i| format!("notes_{i:04}.txt"))
+        .chain(["z_linux_amd64.tgz".to_string()]);
+    for n in names {
         script.push_str(&format!(
-            "url = \"{}/upload/storage/v1/b/bkt/o?uploadType=media&name=p/{d}/a_linux_amd64.tgz\"\n",
+            "url = \"{}/upload/storage/v1/b/bkt/o?uploadType=media&name=p/1.0.0/{n}\"\n",
             gcs.url()
         ));
-        script.push_str("data-binary = \"x\"\n");
+        script.push_str("upload-file = \"/dev/null\"\noutput = \"/dev/null\"\n");
     }
     let cfg = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(cfg.path(), script).unwrap();
+    // -X POST with upload-file: the JSON API's media upload is a POST.
     assert!(curl_ok(&[
         "-fsS",
-        "-o",
-        "/dev/null",
+        "-X",
+        "POST",
         "-K",
         cfg.path().to_str().unwrap()
     ]));
-    let s = source("gs://bkt/p", gcs.url());
-    assert_eq!(s.current().await.unwrap().tag, "9.0.0");
+    let r = source("gs://bkt/p", gcs.url()).current().await.unwrap();
+    assert_eq!(r.layers[0].name, "z_linux_amd64.tgz");
 }

@@ -381,13 +381,40 @@ async fn endpoint_from_env_and_failures() {
     );
     assert_eq!(read_all(&s, &r.layers[0], 1).await, b"ool");
 
+    // A locator elsewhere (a gRPC registry may point at any bucket) is fetched with a client
+    // of its own: another bucket through the env endpoint, or an explicit endpoint.
+    moto.bucket("other");
+    moto.put("other", "x/y.tgz", b"elsewhere");
+    let elsewhere = |locator: String| Layer {
+        name: "y.tgz".into(),
+        digest: None,
+        size: None,
+        kind: r.layers[0].kind,
+        locator,
+    };
+    let via_env = elsewhere("s3://us-east-1/other/x/y.tgz".into());
+    assert_eq!(read_all(&s, &via_env, 0).await, b"elsewhere");
+    let explicit = elsewhere(format!(
+        "s3://us-east-1/other/x/y.tgz?endpoint={}",
+        moto.url()
+    ));
+    assert_eq!(read_all(&s, &explicit, 4).await, b"where");
+    match s.fetch(&elsewhere("gs://b/x/y.tgz".into()), 0).await {
+        Err(SourceError::Permanent(m)) => assert!(m.contains("not an s3 artifact URL"), "{m}"),
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("a gs:// locator fetched from s3"),
+    }
+
     // No such bucket: permanent, and says so.
     let s = source(
         &format!("s3://us-east-1/nope?endpoint={}", moto.url()),
         env_with(vec![]),
     );
     match s.current().await {
-        Err(SourceError::Permanent(m)) => assert!(m.contains("NoSuchBucket"), "{m}"),
+        Err(SourceError::Permanent(m)) => assert_eq!(
+            m,
+            "s3://us-east-1/nope: HTTP 404: NoSuchBucket: The specified bucket does not exist"
+        ),
         other => panic!("{other:?}"),
     }
 
@@ -431,11 +458,11 @@ async fn listing_pages_through_many_versions() {
             "url = \"{}/bkt/p/{d}/a_linux_amd64.tgz\"\n",
             moto.url()
         ));
-        script.push_str("upload-file = \"/dev/null\"\n");
+        script.push_str("upload-file = \"/dev/null\"\noutput = \"/dev/null\"\n");
     }
     let cfg = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(cfg.path(), script).unwrap();
-    moto.curl(&["-o", "/dev/null", "-K", cfg.path().to_str().unwrap()]);
+    moto.curl(&["-K", cfg.path().to_str().unwrap()]);
     let s = source(
         &format!("s3://us-east-1/bkt/p?endpoint={}", moto.url()),
         env_with(vec![]),

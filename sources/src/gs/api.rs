@@ -151,6 +151,9 @@ impl Api {
             {
                 let mut q = url.query_pairs_mut();
                 q.append_pair("prefix", prefix);
+                // GCS's own page size, said explicitly: emulators default to everything at
+                // once, which would leave our paging untested.
+                q.append_pair("maxResults", "1000");
                 if delimited {
                     q.append_pair("delimiter", "/");
                 }

@@ -19,10 +19,15 @@ pub fn classify(e: object_store::Error, store: &str, key: &str) -> SourceError {
         .as_ref()
         .map(|(_, body)| s3_code(body))
         .unwrap_or_default();
+    let at = if key.is_empty() {
+        store.to_string()
+    } else {
+        format!("{store}/{key}")
+    };
     let message = match (status, code.is_empty()) {
-        (Some(s), false) => format!("{store}: {key}: HTTP {}: {code}", s.as_u16()),
-        (Some(s), true) => format!("{store}: {key}: HTTP {}", s.as_u16()),
-        (None, _) => format!("{store}: {key}: {}", chain(&e)),
+        (Some(s), false) => format!("{at}: HTTP {}: {code}", s.as_u16()),
+        (Some(s), true) => format!("{at}: HTTP {}", s.as_u16()),
+        (None, _) => format!("{at}: {}", chain(&e)),
     };
     let transient = match status {
         Some(s) => is_transient(s),
