@@ -626,3 +626,176 @@ async fn realm_on_another_internal_host_is_refused() {
     );
     assert!(realm.asked.lock().unwrap().is_empty());
 }
+
+/// A scripted registry stand-in for what distribution 2.8 does not do: paginated tags lists
+/// (it ignores `n`, sends no `Link`), `ETag`s on them, and 503 with `Retry-After`.
+struct Stub {
+    port: u16,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+struct StubReq {
+    method: String,
+    path: String,
+    if_none_match: Option<String>,
+}
+
+impl Stub {
+    fn start<F>(handler: F) -> Stub
+    where
+        F: Fn(&StubReq) -> (u16, Vec<(&'static str, String)>, Vec<u8>) + Send + 'static,
+    {
+        use std::io::{BufRead, BufReader};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = log.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or_default().to_string();
+                let path = parts.next().unwrap_or_default().to_string();
+                let mut if_none_match = None;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':')
+                        && k.eq_ignore_ascii_case("if-none-match")
+                    {
+                        if_none_match = Some(v.trim().to_string());
+                    }
+                }
+                let req = StubReq {
+                    method,
+                    path,
+                    if_none_match,
+                };
+                seen.lock().unwrap().push(format!(
+                    "{} {}{}",
+                    req.method,
+                    req.path,
+                    if req.if_none_match.is_some() {
+                        " (conditional)"
+                    } else {
+                        ""
+                    }
+                ));
+                let (status, headers, body) = handler(&req);
+                let mut head = format!("HTTP/1.1 {status} X\r\nConnection: close\r\n");
+                for (k, v) in headers {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                let body = if req.method == "HEAD" {
+                    Vec::new()
+                } else {
+                    body
+                };
+                head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+                let _ = conn.write_all(head.as_bytes());
+                let _ = conn.write_all(&body);
+            }
+        });
+        Stub { port, log }
+    }
+
+    fn take_log(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+#[tokio::test]
+async fn paginated_tags_with_etags_and_an_unchanged_tag() {
+    let layer = b"layer bytes".to_vec();
+    let layer_digest = format!("sha256:{}", Digest::of(&layer).to_hex());
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": format!("sha256:{}", "c".repeat(64)), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer_digest, "size": layer.len()}],
+    }))
+    .unwrap();
+    let manifest_digest = format!("sha256:{}", Digest::of(&manifest).to_hex());
+    let stub = Stub::start(move |req| {
+        let tags = |tags: &[&str], etag: &str, next: Option<&str>| {
+            if req.if_none_match.as_deref() == Some(etag) {
+                return (304, vec![("ETag", etag.to_string())], Vec::new());
+            }
+            let mut h = vec![("ETag", etag.to_string())];
+            if let Some(n) = next {
+                h.push(("Link", format!("<{n}>; rel=\"next\"")));
+            }
+            let body = serde_json::json!({"name": "demo/app", "tags": tags});
+            (200, h, body.to_string().into_bytes())
+        };
+        match req.path.as_str() {
+            "/v2/demo/app/tags/list" => tags(
+                &["v1.0.0", "latest"],
+                "\"p1\"",
+                Some("/v2/demo/app/tags/list?last=latest&n=2"),
+            ),
+            "/v2/demo/app/tags/list?last=latest&n=2" => tags(&["v1.2.0", "v1.1.0"], "\"p2\"", None),
+            "/v2/demo/app/manifests/v1.2.0" => (
+                200,
+                vec![
+                    (
+                        "Content-Type",
+                        "application/vnd.oci.image.manifest.v1+json".into(),
+                    ),
+                    ("Docker-Content-Digest", manifest_digest.clone()),
+                ],
+                manifest.clone(),
+            ),
+            "/v2/demo/busy/tags/list" => (503, vec![("Retry-After", "7".into())], Vec::new()),
+            _ => (404, Vec::new(), Vec::new()),
+        }
+    });
+    let src = source(&format!("img://127.0.0.1:{}/demo/app", stub.port), &|_| {
+        None
+    });
+    let first = src.current().await.unwrap();
+    assert_eq!(first.tag, "v1.2.0", "the newest across both pages");
+    assert_eq!(first.layers[0].locator, layer_digest);
+    assert_eq!(
+        stub.take_log(),
+        [
+            "GET /v2/demo/app/tags/list",
+            "GET /v2/demo/app/tags/list?last=latest&n=2",
+            "GET /v2/demo/app/manifests/v1.2.0",
+        ]
+    );
+    // Nothing changed: both pages revalidated (304), the tag's manifest checked by HEAD only.
+    assert_eq!(src.current().await.unwrap(), first);
+    assert_eq!(
+        stub.take_log(),
+        [
+            "GET /v2/demo/app/tags/list (conditional)",
+            "GET /v2/demo/app/tags/list?last=latest&n=2 (conditional)",
+            "HEAD /v2/demo/app/manifests/v1.2.0",
+        ]
+    );
+
+    let busy = source(&format!("img://127.0.0.1:{}/demo/busy", stub.port), &|_| {
+        None
+    });
+    match busy.current().await {
+        Err(SourceError::Transient {
+            message,
+            retry_after,
+        }) => {
+            assert_eq!(retry_after, Some(Duration::from_secs(7)));
+            assert!(message.contains("503"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
