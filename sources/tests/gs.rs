@@ -11,7 +11,7 @@ use common::digest::Digest;
 use sources::gs::GsSource;
 use sources::http::{HttpClient, HttpConfig};
 use sources::{Layer, SourceError};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const VENV: &str = "/opt/deploy-peers-venv";
 const LINUX_AMD64: Platform<'static> = Platform {
@@ -340,4 +340,73 @@ async fn listing_pages() {
     ]));
     let r = source("gs://bkt/p", gcs.url()).current().await.unwrap();
     assert_eq!(r.layers[0].name, "z_linux_amd64.tgz");
+}
+
+/// A loopback HTTP server answering every request with `status`, `headers` and `body`: the
+/// API's error answers that fake-gcs-server does not give (rate limits, denial).
+async fn canned(status: &'static str, headers: &'static str, body: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn error_answers_sorted_by_what_to_do() {
+    let url = canned(
+        "429 Too Many Requests",
+        "Retry-After: 7\r\n",
+        r#"{"error":{"code":429,"message":"The rate of change requests to the object is too high."}}"#,
+    )
+    .await;
+    match source("gs://bkt/p", url).current().await {
+        Err(SourceError::Transient {
+            message,
+            retry_after,
+        }) => {
+            assert_eq!(
+                message,
+                "gs://bkt/p/: HTTP 429: The rate of change requests to the object is too high."
+            );
+            assert_eq!(retry_after, Some(Duration::from_secs(7)));
+        }
+        other => panic!("{other:?}"),
+    }
+    let url = canned(
+        "403 Forbidden",
+        "",
+        r#"{"error":{"code":403,"message":"x does not have storage.objects.list access."}}"#,
+    )
+    .await;
+    match source("gs://bkt", url).current().await {
+        Err(SourceError::Permanent(m)) => assert_eq!(
+            m,
+            "gs://bkt/: HTTP 403: x does not have storage.objects.list access."
+        ),
+        other => panic!("{other:?}"),
+    }
+    let url = canned("502 Bad Gateway", "", "<html>").await;
+    assert!(matches!(
+        source("gs://bkt", url).current().await,
+        Err(SourceError::Transient { .. })
+    ));
 }

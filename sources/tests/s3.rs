@@ -3,6 +3,7 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::dewy::artifact::{Platform, within_grace};
@@ -11,7 +12,7 @@ use common::digest::Digest;
 use sources::http::{HttpClient, HttpConfig};
 use sources::s3::S3Source;
 use sources::{Layer, SourceError};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const VENV: &str = "/opt/deploy-peers-venv";
 const LINUX_AMD64: Platform<'static> = Platform {
@@ -468,4 +469,91 @@ async fn listing_pages_through_many_versions() {
         env_with(vec![]),
     );
     assert_eq!(s.current().await.unwrap().tag, "9.0.0");
+}
+
+/// A loopback HTTP server answering every request with `status` and `body`: S3's error
+/// answers that moto does not give (throttling, denial), to see how they are sorted.
+async fn canned(status: &'static str, body: &'static str) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    (url, hits)
+}
+
+#[tokio::test]
+async fn error_answers_sorted_by_what_to_do() {
+    let (url, hits) = canned(
+        "503 Slow Down",
+        "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
+    )
+    .await;
+    match source(
+        &format!("s3://us-east-1/bkt?endpoint={url}"),
+        env_with(vec![]),
+    )
+    .current()
+    .await
+    {
+        Err(SourceError::Transient { message, .. }) => assert_eq!(
+            message,
+            "s3://us-east-1/bkt: HTTP 503: SlowDown: Please reduce your request rate."
+        ),
+        other => panic!("{other:?}"),
+    }
+    // One quick retry inside the call, then the agent's own backoff takes over.
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+
+    let (url, _) = canned(
+        "403 Forbidden",
+        "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
+    )
+    .await;
+    match source(
+        &format!("s3://us-east-1/bkt/p?endpoint={url}"),
+        env_with(vec![]),
+    )
+    .current()
+    .await
+    {
+        Err(SourceError::Permanent(m)) => {
+            assert_eq!(
+                m,
+                "s3://us-east-1/bkt/p/: HTTP 403: AccessDenied: Access Denied"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let (url, _) = canned("500 Internal Server Error", "").await;
+    assert!(matches!(
+        source(
+            &format!("s3://us-east-1/bkt?endpoint={url}"),
+            env_with(vec![])
+        )
+        .current()
+        .await,
+        Err(SourceError::Transient { .. })
+    ));
 }
