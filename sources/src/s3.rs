@@ -97,12 +97,6 @@ impl S3Source {
             }
             None => None,
         };
-        let locator = ArtifactUrl::S3 {
-            region: self.store.region.clone(),
-            bucket: self.store.bucket.clone(),
-            key: choice.artifact.key.clone(),
-            endpoint: self.store.endpoint.url_option().map(str::to_string),
-        };
         Ok(Release {
             tag: chosen.version.render(),
             created_at: choice.artifact.time,
@@ -112,7 +106,12 @@ impl S3Source {
                 digest,
                 size: Some(choice.artifact.size),
                 kind: LayerKind::Artifact(choice.kind()),
-                locator: locator_string(&locator),
+                locator: locator(
+                    &self.store.region,
+                    &self.store.bucket,
+                    &choice.artifact.key,
+                    self.store.endpoint.url_option(),
+                ),
             }],
         })
     }
@@ -164,23 +163,11 @@ impl S3Source {
 }
 
 /// Dewy's `ArtifactURL` text for an S3 object: `s3://<region>/<bucket>/<key>` with
-/// `?endpoint=<url>` appended raw.
-fn locator_string(url: &ArtifactUrl) -> String {
-    match url {
-        ArtifactUrl::S3 {
-            region,
-            bucket,
-            key,
-            endpoint,
-        } => {
-            let mut s = format!("s3://{region}/{bucket}/{key}");
-            if let Some(e) = endpoint {
-                s.push_str("?endpoint=");
-                s.push_str(e);
-            }
-            s
-        }
-        other => format!("{other:?}"),
+/// `?endpoint=<url>` appended raw (never the endpoint from `AWS_ENDPOINT_URL`).
+fn locator(region: &str, bucket: &str, key: &str, endpoint: Option<&str>) -> String {
+    match endpoint {
+        Some(e) => format!("s3://{region}/{bucket}/{key}?endpoint={e}"),
+        None => format!("s3://{region}/{bucket}/{key}"),
     }
 }
 
