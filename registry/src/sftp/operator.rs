@@ -124,6 +124,8 @@ async fn write_upload(
             return Err(err);
         }
     }
+    // How long CLOSE waits for hashing the rest, fsync and registration: worth seeing in the log.
+    let finishing = std::time::Instant::now();
     let (digest, size) = tokio::task::spawn_blocking(move || upload.finish())
         .await
         .map_err(|e| StoreError::Internal(anyhow::anyhow!("upload finish: {e}")))??;
@@ -133,6 +135,7 @@ async fn write_upload(
         remote = %actor.remote_addr,
         hash = %digest,
         size,
+        finish_ms = finishing.elapsed().as_millis() as u64,
         "upload registered"
     );
     Ok((digest, size))
