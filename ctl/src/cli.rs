@@ -20,6 +20,11 @@ pub enum Plan {
         version: String,
         file: PathBuf,
     },
+    /// Connect and import an image as a configuration (`import`).
+    Import {
+        global: Global,
+        args: crate::import::ImportArgs,
+    },
 }
 
 /// Where and how to connect.
@@ -138,6 +143,9 @@ pub fn plan(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Plan {
     if cmd == "addver" {
         return plan_addver(global, &rest[1..]);
     }
+    if cmd == "import" {
+        return plan_import(global, &rest[1..]);
+    }
     if !CONSOLE_COMMANDS.contains(&cmd.as_str()) {
         return exit(
             1,
@@ -240,6 +248,90 @@ fn plan_addver(global: Global, args: &[String]) -> Plan {
         name,
         version,
         file: PathBuf::from(file),
+    }
+}
+
+fn import_flags() -> FlagSet {
+    FlagSet::new(
+        "import",
+        vec![
+            Flag {
+                name: "name",
+                kind: Kind::String { default: "" },
+                usage: "configuration name, derived from the image name and tag if not set",
+            },
+            Flag {
+                name: "tag",
+                kind: Kind::String { default: "" },
+                usage: "image tag (img://: the newest version tag if not set; oci:/docker-archive: the only image)",
+            },
+            Flag {
+                name: "platform",
+                kind: Kind::String { default: "" },
+                usage: "os/arch[/variant] to pick from a multi-platform image (default: this machine's)",
+            },
+            Flag {
+                name: "layer",
+                kind: Kind::Repeated {
+                    check: check_extra_layer,
+                },
+                usage: "extra layer on top of the image's, in component:version format; can be set multiple times",
+            },
+        ],
+    )
+}
+
+fn check_extra_layer(value: &str, previous: &[String]) -> Result<(), String> {
+    let Some((component, _)) = value.split_once(':') else {
+        return Err("invalid value".into());
+    };
+    if previous
+        .iter()
+        .any(|p| p.split_once(':').is_some_and(|(c, _)| c == component))
+    {
+        return Err(format!(
+            "duplicate component {}",
+            common::gostr::quote(component)
+        ));
+    }
+    Ok(())
+}
+
+const IMPORT_USAGE: &str = "\
+import [flags] SOURCE: upload an image's layers as components and create or update a configuration
+SOURCE is img://host/repo[?pre-release=true&insecure=true], oci:DIR (OCI image layout)
+or docker-archive:FILE (docker save output)
+";
+
+fn plan_import(global: Global, args: &[String]) -> Plan {
+    let set = import_flags();
+    let usage = || format!("{IMPORT_USAGE}{}", set.usage());
+    let parsed = match set.parse(args) {
+        Ok(p) => p,
+        Err(FlagError::Help) => return exit(2, usage()),
+        Err(FlagError::Message(m)) => return exit(2, format!("{m}\n{}", usage())),
+    };
+    let [source] = parsed.rest.as_slice() else {
+        return exit(2, format!("exactly one SOURCE is needed\n{}", usage()));
+    };
+    let name = parsed.string(&set, "name");
+    if name.contains('/') {
+        return exit(1, "name cannot contain / symbol\n");
+    }
+    Plan::Import {
+        global,
+        args: crate::import::ImportArgs {
+            source: source.clone(),
+            name,
+            tag: parsed.string(&set, "tag"),
+            platform: parsed.string(&set, "platform"),
+            extra: parsed
+                .all("layer")
+                .iter()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(c, v)| (c.to_string(), v.to_string()))
+                .collect(),
+        },
     }
 }
 

@@ -19,9 +19,11 @@
 //! - Runtime errors are printed once as `deployctl: <error>`; argument errors print the
 //!   original's texts as they are. A remote failure exits 1 silently (the registry spoke).
 //! - RSA keys sign with rsa-sha2-512/256, never SHA-1 `ssh-rsa` unless the server says so.
+//! - `import` replaces deploy-from-docker (spec 5): see `import.rs`.
 
 mod archive;
 mod cli;
+mod import;
 mod progress;
 mod upload;
 
@@ -90,6 +92,7 @@ fn run(plan: Plan) -> anyhow::Result<i32> {
                 .to_line();
                 remote(&conn, &line).await
             }
+            Plan::Import { global, args } => import::import(connect(&global), &args).await,
             Plan::Exit { code, .. } => Ok(code),
         }
     })
