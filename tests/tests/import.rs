@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use e2e::{Out, Registry, bin, free_port, run, sha256_hex, tar_gz};
+use e2e::{Out, Registry, bin, free_port, run, run_with_timeout, sha256_hex, tar_gz};
 
 fn ctl(reg: &Registry, args: &[&str]) -> Out {
     let mut c = Command::new(bin("deployctl"));
@@ -278,6 +278,39 @@ fn import_from_registry_layout_and_docker_save() {
         let stored = std::fs::read(reg.data_dir().join("files").join(v)).unwrap();
         assert_eq!(&sha256_hex(&stored), v);
     }
+
+    // What deploy-agent makes of it: both layers applied in order, the whiteout honoured.
+    let host = tempfile::tempdir().unwrap();
+    let script = host.path().join("deploy.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = run_with_timeout(
+        Command::new(bin("deploy-agent"))
+            .current_dir(host.path())
+            .args([
+                "-addr",
+                &reg.addr(),
+                "-fp",
+                &reg.fingerprint(),
+                "-name",
+                "web",
+            ])
+            .args(["-key", reg.keys.service.to_str().unwrap(), "-once"]),
+        None,
+        120,
+    );
+    out.assert_ok();
+    let current = host.path().join("current");
+    assert_eq!(
+        std::fs::read_to_string(current.join("hello.txt")).unwrap(),
+        "hello from the second layer\n"
+    );
+    assert!(!current.join("gone.txt").exists(), "whiteout not applied");
+    assert!(current.join("bin/busybox").is_file());
+    assert_eq!(
+        std::fs::read_to_string(current.join("app.conf")).unwrap(),
+        "port=8080\n"
+    );
 
     // Bad sources fail before connecting, with a message.
     let out = ctl(&reg, &["import", "oci:/nonexistent/layout"]);
