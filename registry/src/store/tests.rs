@@ -132,6 +132,24 @@ fn newer_schema_is_refused() {
 }
 
 #[test]
+fn large_upload_starts_writeback_and_stays_intact() {
+    // Over several writeback chunks, in SFTP-sized writes: the early writeback must not
+    // change what is hashed or stored.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path());
+    let data: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let mut up = store.begin_upload().expect("begin");
+    for (i, chunk) in data.chunks(261_120).enumerate() {
+        up.write_at((i * 261_120) as u64, chunk).expect("write");
+    }
+    let (digest, size) = up.finish().expect("finish");
+    assert_eq!(size, data.len() as u64);
+    assert_eq!(hex::encode(digest.0), sha(&data));
+    let path = store.pending_upload(&sha(&data)).expect("registered");
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+}
+
+#[test]
 fn sequential_upload_is_hashed_and_registered() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path());
