@@ -36,6 +36,10 @@ pub struct Options {
     pub log_level: String,
     pub io_timeout: Duration,
     pub policy: Policy,
+    /// `-registry URL` (`ssh://`, or a Dewy registry); `None` means `-addr`/`-name`.
+    pub registry: Option<String>,
+    /// `-slot`: follow only releases of this slot (empty: any).
+    pub slot: String,
 }
 
 pub fn flagset() -> FlagSet {
@@ -117,11 +121,21 @@ pub fn flagset() -> FlagSet {
             s("name", "", "configuration to track"),
             b("once", "run one poll cycle and exit with its status"),
             dur("poll", 30, "registry poll interval"),
+            s(
+                "registry",
+                "",
+                "registry `URL`: ssh://host:port/<configuration>, ghr://, s3://, gs://, img:// or grpc:// (instead of -addr and -name)",
+            ),
             s("script", "./deploy.sh", "script to run on deploys"),
             dur(
                 "script-timeout",
                 600,
                 "stop the deploy script after this long (0: no limit)",
+            ),
+            s(
+                "slot",
+                "",
+                "with -registry: deploy only releases of this slot (blue/green)",
             ),
             s("state", "state.json", "file to save state to"),
             b("v", "be more chatty about what's happening"),
@@ -170,6 +184,7 @@ pub fn parse(args: &[String]) -> Parse {
     };
     let script = p.string(&set, "script");
     let known_hosts = p.string(&set, "known-hosts");
+    let registry = p.string(&set, "registry");
     Parse::Run(Box::new(Options {
         addr: p.string(&set, "addr"),
         cleanold: p.bool("cleanold"),
@@ -202,6 +217,8 @@ pub fn parse(args: &[String]) -> Parse {
             },
             allow_special: p.bool("allow-special"),
         },
+        registry: (!registry.is_empty()).then_some(registry),
+        slot: p.string(&set, "slot"),
     }))
 }
 

@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! - [`cli`]: flags (the original's, Go style, plus ours).
+//! - [`dewy`]: `-registry URL`: Dewy's registries into the same pipeline, Dewy's release layout.
 //! - [`agent`]: the poll loop and one cycle: Source → LayerCache → Unpacker → Activator → State.
 //! - [`registry_source`]: `configs/<name>.json` and `files/<hash>` over one kept SSH connection.
 //! - [`cache`]: `cache/<sha256>` blobs, verified, resumable, cleaned by reachability.
@@ -16,6 +17,7 @@ pub mod activate;
 pub mod agent;
 pub mod cache;
 pub mod cli;
+pub mod dewy;
 pub mod registry_source;
 pub mod script;
 pub mod state;

@@ -89,7 +89,7 @@ fn lock_dir(dir: &Path) -> Result<OwnedFd, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let opts = match cli::parse(&args) {
+    let mut opts = match cli::parse(&args) {
         Parse::Run(o) => *o,
         Parse::Exit(msg, code) => {
             eprint!("{msg}");
@@ -97,8 +97,13 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&opts);
+    // `-registry`: ssh:// becomes -addr/-name; a Dewy source runs its own loop below.
+    let dewy = match agent::dewy::resolve(&mut opts) {
+        Ok(d) => d,
+        Err(msg) => return fatal(msg),
+    };
 
-    if opts.name.is_empty() {
+    if opts.name.is_empty() && dewy.is_none() {
         return fatal("empty configuration name");
     }
     if opts.state.as_os_str().is_empty() {
@@ -118,6 +123,9 @@ fn main() -> ExitCode {
         Ok(fd) => fd,
         Err(msg) => return fatal(msg),
     };
+    if let Some(url) = dewy {
+        return agent::dewy::main(opts, url);
+    }
     let host_check = match &opts.known_hosts {
         Some(path) => client::HostCheck::KnownHosts(path.clone()),
         None => {

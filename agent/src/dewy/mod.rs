@@ -1,0 +1,574 @@
+//! `deploy-agent --registry URL`: Dewy's registries (`ghr://`, `s3://`, `gs://`, `img://`,
+//! `grpc://`) through the agent's one pipeline, and `ssh://` as another spelling of
+//! `-addr`/`-name`.
+//!
+//! A release is a configuration whose layers are the release's artifacts (one for Dewy, one
+//! per image layer for an OCI image): the layers go through the content-addressed cache
+//! ([`store`]), the same safe unpacker ([`convert`] feeds it the archive kinds it does not
+//! read itself), the same deploy script contract (`NEWID` is the configuration hash of the
+//! layer digests, `LAYER_<i>_NAME/VERSION` the artifact name and tag) and the same state
+//! file. Only the place differs: Dewy's `<dir>/releases/<UTC timestamp>/` and an absolute
+//! `<dir>/current` symlink ([`releases`]), the newest 7 releases kept.
+
+pub mod convert;
+pub mod releases;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use common::config::{ComponentVersion, Configuration};
+use common::dewy::artifact::within_grace;
+use common::dewy::cachekey;
+use common::dewy::report::{Command, audit_info};
+use common::dewy::url::RegistryUrl;
+use common::dewy::version::{Decision, SLOT_MISMATCH_LOG, slot_decision};
+use sources::http::{HttpClient, HttpConfig};
+use sources::{Layer, LayerKind, Release, Source, SourceError};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Outcome, describe};
+use crate::cache::{Cache, CacheError};
+use crate::cli::Options;
+use crate::state::{self, Loaded};
+use crate::{script, unpack};
+
+/// Applies `-registry`. `ssh://host:port/<configuration>` becomes `-addr host:port -name
+/// <configuration>` (the deploy-registry path, with `-fp`/`-known-hosts`/`-key`) and `None`
+/// is returned; any other scheme is returned for [`run`]. An unknown scheme or option is the
+/// URL parser's text.
+pub fn resolve(opts: &mut Options) -> Result<Option<RegistryUrl>, String> {
+    let Some(text) = opts.registry.clone() else {
+        return Ok(None);
+    };
+    let mut url = RegistryUrl::parse(&text).map_err(|e| e.to_string())?;
+    if let RegistryUrl::Ssh { host, port, config } = &url {
+        opts.addr = format!("{host}:{port}");
+        opts.name = config.clone();
+        return Ok(None);
+    }
+    url.apply_env_defaults(|k| std::env::var(k).ok());
+    Ok(Some(url))
+}
+
+/// The source for a Dewy registry URL, reading credentials from the process environment.
+pub fn build_source(url: &RegistryUrl) -> Result<Source, SourceError> {
+    let http = HttpClient::new(&HttpConfig::default())?;
+    let env = sources::bucket::process_env();
+    Ok(match url {
+        RegistryUrl::Img { .. } => Source::Img(sources::img::ImgSource::new(url, http)?),
+        RegistryUrl::S3 { .. } => Source::S3(sources::s3::S3Source::new(url, &http, env)?),
+        RegistryUrl::Gs { .. } => Source::Gs(sources::gs::GsSource::new(url, &http, env)?),
+        RegistryUrl::Ghr { .. } | RegistryUrl::Grpc { .. } => {
+            return Err(SourceError::Permanent(format!(
+                "{}:// is not wired into deploy-agent yet",
+                url.scheme()
+            )));
+        }
+        RegistryUrl::Ssh { .. } => {
+            return Err(SourceError::Permanent(
+                "ssh:// is the deploy-registry, not a Dewy source".into(),
+            ));
+        }
+    })
+}
+
+/// `main` for a Dewy source: the runtime, signals, the poll loop. The directory lock is the
+/// caller's.
+pub fn main(opts: Options, url: RegistryUrl) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let ok = rt.block_on(async move {
+        let source = match build_source(&url) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("{e}");
+                return false;
+            }
+        };
+        let cancel = CancellationToken::new();
+        let signals = cancel.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => tracing::info!("interrupt"),
+                _ = term.recv() => tracing::info!("terminated"),
+            }
+            signals.cancel();
+        });
+        ReleaseAgent::new(opts, url.to_string(), source, cancel)
+            .run()
+            .await
+    });
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// A deploy script failing for one release is retried with exponential backoff.
+struct ScriptBackoff {
+    id: String,
+    attempts: u32,
+    next: Instant,
+}
+
+/// Longest wait between polls after errors.
+const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+
+pub struct ReleaseAgent {
+    opts: Options,
+    /// The registry URL for the state's configuration name and logs.
+    name: String,
+    source: Source,
+    cache: Cache,
+    cancel: CancellationToken,
+    dewy_dir: PathBuf,
+    /// Consecutive failed cycles, for the backoff.
+    failures: u32,
+    script_backoff: Option<ScriptBackoff>,
+}
+
+impl ReleaseAgent {
+    pub fn new(
+        opts: Options,
+        name: String,
+        source: Source,
+        cancel: CancellationToken,
+    ) -> ReleaseAgent {
+        let cache = Cache::new(opts.dir.join("cache"), opts.io_timeout);
+        let dewy_dir = store::dewy_cache_dir(&opts.dir);
+        ReleaseAgent {
+            opts,
+            name,
+            source,
+            cache,
+            cancel,
+            dewy_dir,
+            failures: 0,
+            script_backoff: None,
+        }
+    }
+
+    /// Polls until cancelled. With `-once`, runs one cycle and returns its success.
+    pub async fn run(&mut self) -> bool {
+        loop {
+            let res = self.cycle().await;
+            let mut retry_after = None;
+            let ok = match &res {
+                Ok(_) => {
+                    self.failures = 0;
+                    true
+                }
+                Err(e) => {
+                    if !self.cancel.is_cancelled() {
+                        tracing::error!("{}", describe(e));
+                    }
+                    self.failures = self.failures.saturating_add(1);
+                    if let Some(SourceError::Transient {
+                        retry_after: Some(d),
+                        ..
+                    }) = e.downcast_ref::<SourceError>()
+                    {
+                        retry_after = Some(*d);
+                    }
+                    false
+                }
+            };
+            if self.opts.once || self.cancel.is_cancelled() {
+                return ok || self.cancel.is_cancelled();
+            }
+            let wait = poll_delay(self.opts.poll, self.failures, retry_after);
+            if !ok {
+                tracing::debug!("next poll in {}", common::goflag::format_duration(wait));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.cancel.cancelled() => return true,
+            }
+        }
+    }
+
+    pub async fn cycle(&mut self) -> anyhow::Result<Outcome> {
+        let local = state::load(&self.opts.state);
+        if let Loaded::Corrupt(why) = &local {
+            tracing::error!(
+                "state file {:?} is unreadable ({why}); treating it as empty until a successful deploy replaces it",
+                self.opts.state
+            );
+        }
+        let release = match self.source.current().await {
+            Ok(r) => r,
+            Err(SourceError::ArtifactNotFound {
+                message,
+                release_time,
+            }) if within_grace(release_time, common::timefmt::now()) => {
+                tracing::debug!("{message} (the release is younger than the grace period)");
+                return Ok(Outcome::UpToDate);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if slot_decision(&release.slot, &self.opts.slot) == Decision::SkipSlotMismatch {
+            tracing::debug!(
+                tag = %release.tag,
+                slot = %release.slot,
+                wanted = %self.opts.slot,
+                "{SLOT_MISMATCH_LOG}"
+            );
+            return Ok(Outcome::UpToDate);
+        }
+        if release.layers.is_empty() {
+            anyhow::bail!("release {} has no layers", release.tag);
+        }
+        if self.is_current(&local, &release) {
+            return Ok(Outcome::UpToDate);
+        }
+        if self.opts.verbose {
+            let mut msg = format!("release update available: {}", release.tag);
+            for (i, l) in release.layers.iter().enumerate() {
+                msg.push_str(&format!("\n\tlayer {}: {}", i + 1, l.name));
+            }
+            tracing::info!("{msg}");
+        }
+
+        let key = dewy_key(&release);
+        let hashes = self.fetch_layers(&release, key.as_deref()).await?;
+        let now = common::timefmt::now();
+        let config = Configuration::new(
+            self.name.clone(),
+            now,
+            release
+                .layers
+                .iter()
+                .zip(&hashes)
+                .map(|(l, h)| {
+                    ComponentVersion::new(
+                        l.name.clone(),
+                        release.tag.clone(),
+                        h.clone(),
+                        release.created_at.unwrap_or(now),
+                    )
+                })
+                .collect(),
+        );
+        if let Some(b) = &self.script_backoff
+            && b.id == config.hash
+            && Instant::now() < b.next
+        {
+            return Ok(Outcome::Backoff);
+        }
+
+        let releases = releases::releases_dir(&self.opts.dir);
+        mkdir(&releases)?;
+        let name = releases::fresh_name(&releases).await;
+        self.build(&release, &hashes, &releases, &name).await?;
+        let new_root = std::path::absolute(releases.join(&name))
+            .context("cannot resolve the release directory")?;
+        tracing::info!(tag = %release.tag, dir = %new_root.display(), "Extract archive");
+
+        if let Some(script) = self.opts.script.clone() {
+            let old_id = local.hash().to_string();
+            let old_root = releases::current_target(&self.opts.dir).unwrap_or(releases.clone());
+            let inv = script::Invocation {
+                script: &script,
+                old_root,
+                old_id: &old_id,
+                new_root: new_root.clone(),
+                new: &config,
+                timeout: self.opts.script_timeout,
+            };
+            if let Err(e) = script::run(&inv, &self.cancel).await {
+                if !self.cancel.is_cancelled() {
+                    self.note_script_failure(&config.hash);
+                }
+                let _ = unpack::remove_tree(&new_root);
+                return Err(e.into());
+            }
+        }
+        self.script_backoff = None;
+        state::save(&self.opts.state, &config)
+            .with_context(|| format!("cannot save state file {:?}", self.opts.state))?;
+        releases::switch_current(&self.opts.dir, &new_root).context("cannot switch current")?;
+        tracing::info!(from = %self.opts.dir.join("current").display(), to = %new_root.display(), "Create symlink");
+        if let (Some(key), [hash]) = (&key, hashes.as_slice()) {
+            store::write_keys(&self.cache, &self.dewy_dir, key, hash);
+        }
+        match releases::keep_newest(&self.opts.dir) {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::debug!(?removed, "old releases removed");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("error removing old releases: {e}"),
+        }
+        if self.opts.verbose {
+            tracing::info!("switched to release {} ({})", release.tag, config.hash);
+        }
+        self.report(&release.tag).await;
+        // Blobs of neither the running nor this release go after the cache's grace time.
+        let keep = hashes.iter().cloned().collect();
+        if let Err(e) = self.cache.clean(&keep) {
+            tracing::error!("error cleaning cache directory: {}", describe(&e.into()));
+        }
+        Ok(Outcome::Deployed(config.hash))
+    }
+
+    /// The state says this release runs (same layers, same tag, same digests where the source
+    /// gives them) and `current` points at an existing release: nothing to fetch or hash.
+    fn is_current(&self, local: &Loaded, release: &Release) -> bool {
+        let Some(c) = local.config() else {
+            return false;
+        };
+        let same = c.layers.len() == release.layers.len()
+            && c.layers.iter().zip(&release.layers).all(|(s, l)| {
+                s.name == l.name
+                    && s.version == release.tag
+                    && l.digest.is_none_or(|d| d.to_hex() == s.hash)
+            });
+        same && releases::current_target(&self.opts.dir).is_some_and(|t| t.is_dir())
+    }
+
+    /// Every layer into the cache; their sha256s in layer order.
+    async fn fetch_layers(
+        &mut self,
+        release: &Release,
+        key: Option<&str>,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut hashes = Vec::with_capacity(release.layers.len());
+        let mut fetched = 0;
+        for layer in &release.layers {
+            if self.cancel.is_cancelled() {
+                anyhow::bail!("interrupted");
+            }
+            let hash = match &layer.digest {
+                Some(d) => {
+                    let hash = d.to_hex();
+                    let cached = self.cache.contains(&hash) && {
+                        let cache = self.cache.clone();
+                        let h = hash.clone();
+                        tokio::task::spawn_blocking(move || cache.verify(&h))
+                            .await
+                            .context("verify task failed")??
+                    };
+                    if !cached {
+                        let blob = store::LayerBlob {
+                            source: &self.source,
+                            layer,
+                        };
+                        let res = tokio::select! {
+                            r = self.cache.fetch(&blob, &hash) => r,
+                            _ = self.cancel.cancelled() => anyhow::bail!("interrupted"),
+                        };
+                        match res {
+                            Ok(_) => fetched += 1,
+                            Err(CacheError::HashMismatch { actual, .. }) => anyhow::bail!(
+                                "checksum mismatch for {} of release {}: expected sha256 {hash}, downloaded {actual}; staying on the current release",
+                                layer.name,
+                                release.tag
+                            ),
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    hash
+                }
+                None => {
+                    let adopted = match key {
+                        Some(k) => store::adopt_key(&self.cache, &self.dewy_dir, k)?,
+                        None => None,
+                    };
+                    match adopted {
+                        Some(h) => h,
+                        None => {
+                            fetched += 1;
+                            tokio::select! {
+                                r = store::fetch_unverified(&self.cache, &self.source, layer, self.opts.io_timeout) => r?,
+                                _ = self.cancel.cancelled() => anyhow::bail!("interrupted"),
+                            }
+                        }
+                    }
+                }
+            };
+            hashes.push(hash);
+        }
+        tracing::info!(
+            tag = %release.tag,
+            "layers fetched from the registry: {fetched} of {}",
+            release.layers.len()
+        );
+        Ok(hashes)
+    }
+
+    /// `releases/<name>` from the cached layers, through the safe unpacker. The unpacker's
+    /// `.ok` marker is not part of Dewy's layout: removed once the tree is in place.
+    async fn build(
+        &self,
+        release: &Release,
+        hashes: &[String],
+        releases: &Path,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        let limits = self.opts.policy.limits;
+        let mut inputs = Vec::with_capacity(hashes.len());
+        let mut conversions = Vec::new();
+        for (layer, hash) in release.layers.iter().zip(hashes) {
+            match convert::plan(layer.kind, hash, self.cache.path(hash), &layer.name, limits) {
+                convert::Plan::Direct(input) => inputs.push(input),
+                convert::Plan::Convert(input, conv) => {
+                    inputs.push(input);
+                    conversions.push(conv);
+                }
+            }
+        }
+        let rt = tokio::runtime::Handle::current();
+        let converting: Vec<_> = conversions
+            .into_iter()
+            .map(|c| {
+                let rt = rt.clone();
+                tokio::task::spawn_blocking(move || c.run(rt))
+            })
+            .collect();
+        let dir = releases.to_path_buf();
+        let id = name.to_string();
+        let policy = self.opts.policy;
+        let flag = Arc::new(AtomicBool::new(false));
+        let worker_flag = flag.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            unpack::build_tree_from(&dir, &id, inputs, &policy, &worker_flag)
+        });
+        let cancel = self.cancel.clone();
+        let watcher = tokio::spawn(async move {
+            cancel.cancelled().await;
+            flag.store(true, Ordering::Relaxed);
+        });
+        let built = task.await;
+        watcher.abort();
+        // A conversion's error is the cause; the unpacker's is then only its echo.
+        for c in converting {
+            c.await.context("conversion task failed")??;
+        }
+        built.context("unpack task failed")??;
+        let marker = releases.join(format!("{name}.ok"));
+        std::fs::remove_file(&marker)
+            .with_context(|| format!("cannot remove {}", marker.display()))?;
+        crate::cache::sync_dir(releases)?;
+        Ok(())
+    }
+
+    fn note_script_failure(&mut self, id: &str) {
+        let attempts = match &self.script_backoff {
+            Some(b) if b.id == id => b.attempts + 1,
+            _ => 1,
+        };
+        let delay = poll_delay(self.opts.poll, attempts, None).max(Duration::from_secs(1));
+        tracing::warn!(
+            config = id,
+            attempts,
+            "deploy script failed, next attempt in {}",
+            common::goflag::format_duration(delay)
+        );
+        self.script_backoff = Some(ScriptBackoff {
+            id: id.to_string(),
+            attempts,
+            next: Instant::now() + delay,
+        });
+    }
+
+    /// Dewy's audit record of the deploy (spec 4); a failure is logged, never the deploy's.
+    async fn report(&self, tag: &str) {
+        let info = audit_info(&hostname(), Command::Assets, common::timefmt::now());
+        let res = match &self.source {
+            Source::S3(s) => s.report(tag, &info).await.map(|_| ()),
+            Source::Gs(s) => s.report(tag, &info).await.map(|_| ()),
+            _ => Ok(()),
+        };
+        if let Err(e) = res {
+            tracing::error!(tag, "Report shipping failure: {e}");
+        }
+    }
+}
+
+/// Dewy's cache key of a one-artifact release (`<tag>--<artifact>`); `None` for an image.
+fn dewy_key(release: &Release) -> Option<String> {
+    match release.layers.as_slice() {
+        [
+            Layer {
+                kind: LayerKind::Artifact(_),
+                locator,
+                ..
+            },
+        ] => Some(cachekey::artifact_key(&release.tag, locator)),
+        _ => None,
+    }
+}
+
+/// The poll interval after `failures` failed cycles in a row: doubled per failure up to
+/// [`MAX_BACKOFF`] (never below the interval itself), at least what the server asked for,
+/// ±10 % jitter so a fleet does not poll in step.
+fn poll_delay(poll: Duration, failures: u32, retry_after: Option<Duration>) -> Duration {
+    let base = if failures == 0 {
+        poll
+    } else {
+        poll.saturating_mul(1 << (failures - 1).min(16))
+            .min(MAX_BACKOFF.max(poll))
+    };
+    let jittered = base.mul_f64(rand::random_range(0.9..1.1));
+    match retry_after {
+        Some(r) => jittered.max(r),
+        None => jittered,
+    }
+}
+
+/// Go's `os.Hostname` on Linux: `/proc/sys/kernel/hostname`.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim_end_matches('\n').to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn mkdir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_honours_retry_after() {
+        let poll = Duration::from_secs(10);
+        let d0 = poll_delay(poll, 0, None);
+        assert!(d0 >= Duration::from_secs(9) && d0 <= Duration::from_secs(11));
+        let d3 = poll_delay(poll, 3, None);
+        assert!(d3 >= Duration::from_secs(36) && d3 <= Duration::from_secs(44));
+        let big = poll_delay(poll, 30, None);
+        assert!(big <= MAX_BACKOFF.mul_f64(1.1));
+        let ra = poll_delay(poll, 1, Some(Duration::from_secs(120)));
+        assert!(ra >= Duration::from_secs(120));
+    }
+}

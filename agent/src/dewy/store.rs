@@ -1,0 +1,186 @@
+//! Getting a release's layers into the content-addressed cache (`<dir>/cache/<sha256>`), and
+//! Dewy's cache keys beside it.
+//!
+//! - A layer with a published digest (OCI, a checksums file) goes through [`Cache::fetch`]:
+//!   verified while streaming, resumable, a mismatch never lands in the cache.
+//! - A layer without one (GitHub/S3/GCS artifact, no checksums file) is downloaded to a
+//!   `temp-*` file while it is hashed, then renamed to `cache/<its sha256>`. It cannot be
+//!   resumed (its name is unknown until the end).
+//!
+//! Dewy keys (spec dewy.md 6.2/6.3): for a one-artifact release the artifact is also at
+//! `<dewy cache>/<tag>--<artifact>` (a hard link to the cache blob, a copy across
+//! filesystems), and `<dewy cache>/current` holds that key after a deploy, so Go Dewy sharing
+//! the directory finds the same bytes under its own names. The content-addressed cache is the
+//! truth; the key files are a view of it. Because an artifact key names immutable bytes in
+//! Dewy's model, a present key file also stands in for the download: it is hashed and linked
+//! into the cache instead of fetched again.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use common::digest::Hasher;
+use sources::{Layer, Source};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cache::{BlobReader, Cache, LayerSource};
+
+/// A [`LayerSource`] over one layer of a [`Source`] (the cache asks by hash).
+pub struct LayerBlob<'a> {
+    pub source: &'a Source,
+    pub layer: &'a Layer,
+}
+
+impl LayerSource for LayerBlob<'_> {
+    async fn open_blob(&self, _hash: &str, offset: u64) -> anyhow::Result<BlobReader> {
+        let s = self.source.fetch(self.layer, offset).await?;
+        Ok(s)
+    }
+}
+
+/// `$DEWY_CACHEDIR`, else `<dir>/.dewy/cache` (Dewy's `$PWD/.dewy/cache`: `-dir` is where our
+/// `releases/` and `current` live, as Dewy's working directory holds its own).
+pub fn dewy_cache_dir(dir: &Path) -> PathBuf {
+    match std::env::var_os("DEWY_CACHEDIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => dir.join(".dewy").join("cache"),
+    }
+}
+
+/// A Dewy key must stay a file name in the cache directory.
+pub fn key_is_safe(key: &str) -> bool {
+    !key.is_empty() && !key.contains('/') && key != "." && key != ".." && key != "current"
+}
+
+/// Downloads a layer that has no published digest into the cache and returns its sha256.
+pub async fn fetch_unverified(
+    cache: &Cache,
+    source: &Source,
+    layer: &Layer,
+    io_timeout: Duration,
+) -> anyhow::Result<String> {
+    let dir = cache.dir();
+    mkdir(dir)?;
+    let tmp = dir.join(format!("temp-{:016x}", rand::random::<u64>()));
+    let res = async {
+        let mut out = tokio::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .await
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut reader = tokio::time::timeout(io_timeout, source.fetch(layer, 0))
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer for {}s", io_timeout.as_secs()))??;
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = tokio::time::timeout(io_timeout, reader.read(&mut buf))
+                .await
+                .map_err(|_| anyhow::anyhow!("no data for {}s", io_timeout.as_secs()))??;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).await?;
+        }
+        out.flush().await?;
+        out.sync_data().await?;
+        anyhow::Ok(hasher.finish().to_hex())
+    }
+    .await
+    .with_context(|| format!("cannot download {}", layer.name));
+    let hash = match res {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let final_path = cache.path(&hash);
+    if cache.contains(&hash) {
+        let _ = std::fs::remove_file(&tmp);
+    } else {
+        std::fs::rename(&tmp, &final_path)
+            .with_context(|| format!("cannot rename {}", tmp.display()))?;
+        crate::cache::sync_dir(dir)?;
+    }
+    Ok(hash)
+}
+
+/// The sha256 of the blob a present Dewy key file holds, linked into the cache; `None` when
+/// the key is absent.
+pub fn adopt_key(cache: &Cache, dewy_dir: &Path, key: &str) -> anyhow::Result<Option<String>> {
+    if !key_is_safe(key) {
+        return Ok(None);
+    }
+    let path = dewy_dir.join(key);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() => {}
+        _ => return Ok(None),
+    }
+    let hash = hash_file(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !cache.contains(&hash) {
+        mkdir(cache.dir())?;
+        link_or_copy(&path, &cache.path(&hash))?;
+    }
+    Ok(Some(hash))
+}
+
+/// Makes `<dewy cache>/<key>` the cache blob `hash` and records `current`. Failures are only
+/// logged: Dewy's view is a convenience, the deploy does not depend on it.
+pub fn write_keys(cache: &Cache, dewy_dir: &Path, key: &str, hash: &str) {
+    if !key_is_safe(key) {
+        tracing::warn!(key, "not a usable Dewy cache key, not written");
+        return;
+    }
+    let res = (|| -> anyhow::Result<()> {
+        mkdir(dewy_dir)?;
+        let path = dewy_dir.join(key);
+        if !path.is_file() {
+            link_or_copy(&cache.path(hash), &path)?;
+        }
+        let current = dewy_dir.join(common::dewy::cachekey::CURRENT_KEY);
+        let tmp = dewy_dir.join(format!(".current.tmp-{:016x}", rand::random::<u64>()));
+        std::fs::write(&tmp, common::dewy::cachekey::current_value(key))?;
+        std::fs::rename(&tmp, &current)?;
+        Ok(())
+    })();
+    if let Err(e) = res {
+        tracing::warn!(key, "cannot write the Dewy cache keys: {e:#}");
+    }
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let tmp = to.with_file_name(format!(".link-{:016x}", rand::random::<u64>()));
+    if std::fs::hard_link(from, &tmp).is_err() {
+        std::fs::copy(from, &tmp)
+            .with_context(|| format!("cannot copy {} to {}", from.display(), tmp.display()))?;
+    }
+    std::fs::rename(&tmp, to).with_context(|| format!("cannot rename to {}", to.display()))?;
+    Ok(())
+}
+
+fn mkdir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+}
+
+fn hash_file(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Hasher::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finish().to_hex());
+        }
+        h.update(&buf[..n]);
+    }
+}

@@ -1,0 +1,485 @@
+//! `deploy-agent --registry URL` end to end: Dewy's registries through the agent's pipeline,
+//! Dewy's release layout (`releases/<UTC ts>/`, absolute `current`, newest 7 kept, cache keys
+//! `<tag>--<artifact>` and `current`). Peers: moto (S3), docker-registry + skopeo + umoci
+//! (img://), our own registry (ssh://).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::*;
+
+const VENV: &str = "/opt/deploy-peers-venv";
+
+/// Go's `runtime.GOARCH` of this machine, for artifact names the agent picks.
+fn goarch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// moto's S3 server on its own port (as in sources/tests/s3.rs); fixtures written with curl's
+/// own SigV4, not with the code under test.
+struct Moto {
+    child: Child,
+    port: u16,
+    _log: tempfile::NamedTempFile,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let bin = format!("{VENV}/bin/moto_server");
+        assert!(
+            Path::new(&bin).exists(),
+            "{bin} missing: run scripts/install-deps"
+        );
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let moto = Moto {
+            child,
+            port,
+            _log: log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !Command::new("curl")
+            .args([
+                "-fs",
+                "-o",
+                "/dev/null",
+                &format!("{}/moto-api/", moto.url()),
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(Instant::now() < deadline, "moto did not start on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn curl(&self, args: &[&str]) -> Vec<u8> {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-f",
+                "--aws-sigv4",
+                "aws:amz:us-east-1:s3",
+                "--user",
+                "test:test",
+                "-H",
+                "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    fn bucket(&self, name: &str) {
+        self.curl(&["-X", "PUT", &format!("{}/{name}", self.url())]);
+    }
+
+    fn put(&self, bucket: &str, key: &str, body: &[u8]) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        fs::write(f.path(), body).unwrap();
+        self.curl(&[
+            "-T",
+            f.path().to_str().unwrap(),
+            &format!("{}/{bucket}/{key}", self.url()),
+        ]);
+    }
+
+    fn list(&self, bucket: &str, prefix: &str) -> String {
+        String::from_utf8(self.curl(&[&format!(
+            "{}/{bucket}?list-type=2&prefix={prefix}",
+            self.url()
+        )]))
+        .unwrap()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An archive of `files` (name, content, mode) in `kind` (`zip`, `bz2`, `xz`), made by
+/// Python's standard library: an independent writer of those formats.
+fn py_archive(kind: &str, files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("a");
+    let mut args = vec![kind.to_string(), out.display().to_string()];
+    for (i, (name, data, mode)) in files.iter().enumerate() {
+        let p = tmp.path().join(format!("f{i}"));
+        fs::write(&p, data).unwrap();
+        args.extend([name.to_string(), p.display().to_string(), format!("{mode}")]);
+    }
+    const PY: &str = r#"
+import sys, tarfile, zipfile
+kind, out, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
+files = [(rest[i], rest[i+1], int(rest[i+2])) for i in range(0, len(rest), 3)]
+if kind == "zip":
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, path, mode in files:
+            zi = zipfile.ZipInfo(name)
+            zi.external_attr = (0o100000 | mode) << 16
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(zi, open(path, "rb").read())
+else:
+    with tarfile.open(out, "w:" + kind) as t:
+        for name, path, mode in files:
+            ti = t.gettarinfo(path, name)
+            ti.mode = mode
+            with open(path, "rb") as f:
+                t.addfile(ti, f)
+"#;
+    let st = Command::new("python3")
+        .arg("-c")
+        .arg(PY)
+        .args(&args)
+        .status()
+        .unwrap();
+    assert!(st.success(), "python archive {kind}");
+    fs::read(out).unwrap()
+}
+
+/// The host: the agent's cwd and `-dir`, a deploy script recording its environment.
+struct Host {
+    dir: tempfile::TempDir,
+}
+
+const SCRIPT: &str = "#!/bin/sh\nenv > \"env-$NEWID.txt\"\necho \"$NEWID\" >> deploys.log\n";
+
+impl Host {
+    fn new() -> Host {
+        let dir = tempfile::Builder::new()
+            .prefix("e2e-dewy")
+            .tempdir()
+            .unwrap();
+        let p = dir.path().join("deploy.sh");
+        fs::write(&p, SCRIPT).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        Host { dir }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn once(&self, registry: &str, extra: &[&str]) -> Out {
+        let mut c = Command::new(bin("deploy-agent"));
+        c.current_dir(self.path())
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env_remove("DEWY_CACHEDIR")
+            .env_remove("AWS_ENDPOINT_URL")
+            .args(["--registry", registry, "-once", "-v"])
+            .args(extra);
+        run_with_timeout(&mut c, None, DEFAULT_TIMEOUT_SECS)
+    }
+    fn current(&self) -> PathBuf {
+        fs::read_link(self.path().join("current")).expect("current symlink")
+    }
+    fn releases(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.path().join("releases"))
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+    fn deploys(&self) -> Vec<String> {
+        fs::read_to_string(self.path().join("deploys.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+    fn env_of(&self, id: &str) -> String {
+        fs::read_to_string(self.path().join(format!("env-{id}.txt"))).unwrap()
+    }
+}
+
+fn config_hash(layer_hashes: &[&str]) -> String {
+    let text: String = layer_hashes.iter().map(|h| format!("{h}\n")).collect();
+    sha256_hex(text.as_bytes())
+}
+
+#[test]
+fn s3_every_artifact_kind_deploys_and_seven_releases_are_kept() {
+    let moto = Moto::start();
+    moto.bucket("rel");
+    let host = Host::new();
+    let registry = format!("s3://us-east-1/rel/app?endpoint={}", moto.url());
+    let arch = goarch();
+
+    // First release: a tar.gz, no checksums file (hashed while downloading).
+    let v1 = tar_gz(&[("bin/app", b"app 1.0.0")]);
+    let v1_name = format!("app_linux_{arch}.tar.gz");
+    moto.put("rel", &format!("app/v1.0.0/{v1_name}"), &v1);
+    let out = host.once(&registry, &[]);
+    out.assert_ok();
+    let cur = host.current();
+    assert!(cur.is_absolute(), "Dewy's current is absolute: {cur:?}");
+    assert_eq!(
+        cur.parent().unwrap(),
+        fs::canonicalize(host.path()).unwrap().join("releases")
+    );
+    let ts = cur.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(
+        ts.len() == 16 && ts.ends_with('Z') && ts.as_bytes()[8] == b'T',
+        "{ts}"
+    );
+    assert_eq!(
+        fs::read(host.path().join("current/bin/app")).unwrap(),
+        b"app 1.0.0"
+    );
+    assert_eq!(host.releases(), vec![ts.clone()]);
+    // The script: NEWID is the configuration hash of the layer digests.
+    let id1 = config_hash(&[&sha256_hex(&v1)]);
+    assert_eq!(host.deploys(), vec![id1.clone()]);
+    let env = host.env_of(&id1);
+    assert!(env.contains(&format!("LAYER_0_NAME={v1_name}\n")), "{env}");
+    assert!(env.contains("LAYER_0_VERSION=v1.0.0\n"), "{env}");
+    assert!(env.contains("OLDID=\n"), "{env}");
+    assert!(
+        env.contains(&format!("NEWROOT={}\n", cur.display())),
+        "{env}"
+    );
+    // Dewy's cache keys: the artifact under `<tag>--<name>`, and `current` naming it.
+    let dewy = host.path().join(".dewy/cache");
+    let key = format!("v1.0.0--{v1_name}");
+    assert_eq!(fs::read(dewy.join(&key)).unwrap(), v1);
+    assert_eq!(fs::read_to_string(dewy.join("current")).unwrap(), key);
+    assert_eq!(
+        fs::read(host.path().join("cache").join(sha256_hex(&v1))).unwrap(),
+        v1
+    );
+    // The audit object (Dewy's report) next to the artifact.
+    let listing = moto.list("rel", "app/v1.0.0/shipped_to_");
+    assert!(
+        listing.contains("_assets_at_") && listing.contains(".txt</Key>"),
+        "{listing}"
+    );
+
+    // Nothing new: no download, no new release.
+    let out = host.once(&registry, &[]);
+    out.assert_ok();
+    assert_eq!(host.releases(), vec![ts.clone()]);
+    assert_eq!(host.deploys().len(), 1);
+
+    // Every other artifact kind, one release each: 8 more deploys, 7 releases kept.
+    let plain = b"#!/bin/sh\necho plain\n".to_vec();
+    let kinds: Vec<(&str, String, Vec<u8>, &str)> = vec![
+        (
+            "v1.1.0",
+            format!("app_linux_{arch}.zip"),
+            py_archive("zip", &[("bin/app", b"app 1.1.0", 0o755)]),
+            "bin/app",
+        ),
+        (
+            "v1.2.0",
+            format!("app_linux_{arch}.tar.bz2"),
+            py_archive("bz2", &[("bin/app", b"app 1.2.0", 0o755)]),
+            "bin/app",
+        ),
+        (
+            "v1.3.0",
+            format!("app_linux_{arch}.txz"),
+            py_archive("xz", &[("bin/app", b"app 1.3.0", 0o755)]),
+            "bin/app",
+        ),
+        (
+            "v1.4.0",
+            format!("app_linux_{arch}.tgz"),
+            tar_gz(&[("bin/app", b"app 1.4.0")]),
+            "bin/app",
+        ),
+        (
+            "v1.5.0",
+            format!("app_linux_{arch}.tar"),
+            TarBuilder::new().file("bin/app", b"app 1.5.0").tar(),
+            "bin/app",
+        ),
+        (
+            "v1.6.0",
+            format!("app_linux_{arch}.tar.gz"),
+            tar_gz(&[("bin/app", b"app 1.6.0")]),
+            "bin/app",
+        ),
+        (
+            "v1.7.0",
+            format!("app_linux_{arch}.tar.gz"),
+            tar_gz(&[("bin/app", b"app 1.7.0")]),
+            "bin/app",
+        ),
+    ];
+    for (tag, name, bytes, path) in &kinds {
+        moto.put("rel", &format!("app/{tag}/{name}"), bytes);
+        let out = host.once(&registry, &[]);
+        out.assert_ok();
+        let want = format!("app {}", tag.trim_start_matches('v'));
+        assert_eq!(
+            fs::read_to_string(host.path().join("current").join(path)).unwrap(),
+            want,
+            "{tag} {name}:\n{out}"
+        );
+    }
+    // A plain executable (explicit ?artifact=, it is no archive): `<release>/<name>`, 0755.
+    moto.put("rel", "app/v1.8.0/tool", &plain);
+    let out = host.once(&format!("{registry}&artifact=tool"), &[]);
+    out.assert_ok();
+    let tool = host.path().join("current/tool");
+    assert_eq!(fs::read(&tool).unwrap(), plain);
+    assert_eq!(
+        fs::metadata(&tool).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+
+    let releases = host.releases();
+    assert_eq!(releases.len(), 7, "{releases:?}");
+    assert!(!releases.contains(&ts), "the oldest release is gone");
+    assert_eq!(
+        host.current().file_name().unwrap().to_str().unwrap(),
+        releases.last().unwrap()
+    );
+    assert_eq!(host.deploys().len(), 9);
+}
+
+#[test]
+fn s3_checksum_mismatch_leaves_current_alone() {
+    let moto = Moto::start();
+    moto.bucket("rel");
+    let host = Host::new();
+    let registry = format!("s3://us-east-1/rel?endpoint={}", moto.url());
+    let name = format!("app_linux_{}.tar.gz", goarch());
+    let v1 = tar_gz(&[("app", b"one")]);
+    moto.put("rel", &format!("1.0.0/{name}"), &v1);
+    moto.put(
+        "rel",
+        "1.0.0/checksums.txt",
+        format!("{}  {name}\n", sha256_hex(&v1)).as_bytes(),
+    );
+    host.once(&registry, &[]).assert_ok();
+    let before = host.current();
+    assert_eq!(fs::read(host.path().join("current/app")).unwrap(), b"one");
+
+    // The checksums file promises other bytes than the artifact has.
+    let v2 = tar_gz(&[("app", b"two")]);
+    moto.put("rel", &format!("2.0.0/{name}"), &v2);
+    moto.put(
+        "rel",
+        "2.0.0/checksums.txt",
+        format!("{}  {name}\n", sha256_hex(b"something else")).as_bytes(),
+    );
+    let out = host.once(&registry, &[]);
+    out.assert_code(1);
+    out.assert_stderr_contains("checksum mismatch");
+    out.assert_stderr_contains("staying on the current release");
+    assert_eq!(host.current(), before);
+    assert_eq!(fs::read(host.path().join("current/app")).unwrap(), b"one");
+    assert_eq!(host.releases().len(), 1);
+    assert!(
+        !host
+            .path()
+            .join("cache")
+            .join(sha256_hex(b"something else"))
+            .exists()
+    );
+
+    // Fixed upstream: the next poll deploys it.
+    moto.put(
+        "rel",
+        "2.0.0/checksums.txt",
+        format!("{}  {name}\n", sha256_hex(&v2)).as_bytes(),
+    );
+    host.once(&registry, &[]).assert_ok();
+    assert_eq!(fs::read(host.path().join("current/app")).unwrap(), b"two");
+}
+
+#[test]
+fn s3_slot_mismatch_is_skipped_and_missing_artifact_waits_out_the_grace_period() {
+    let moto = Moto::start();
+    moto.bucket("rel");
+    let host = Host::new();
+    let registry = format!("s3://us-east-1/rel?endpoint={}", moto.url());
+    let name = format!("app_linux_{}.tar.gz", goarch());
+    moto.put(
+        "rel",
+        &format!("v1.0.0+blue/{name}"),
+        &tar_gz(&[("a", b"1")]),
+    );
+    // Following green: the newest release is blue's, skipped without error.
+    let out = host.once(&registry, &["-slot", "green", "-log-level", "debug"]);
+    out.assert_ok();
+    out.assert_stderr_contains("Deploy skipped: slot mismatch");
+    assert!(!host.path().join("current").exists());
+    host.once(&registry, &["-slot", "blue"]).assert_ok();
+    assert_eq!(fs::read(host.path().join("current/a")).unwrap(), b"1");
+
+    // A new release whose artifact is not uploaded yet: within 30 minutes, not an error.
+    moto.put("rel", "v2.0.0/notes.txt", b"soon");
+    let out = host.once(&registry, &["-log-level", "debug"]);
+    out.assert_ok();
+    out.assert_stderr_contains("grace period");
+    assert_eq!(fs::read(host.path().join("current/a")).unwrap(), b"1");
+}
+
+#[test]
+fn unknown_scheme_or_option_exits_1_with_the_parsers_text() {
+    let host = Host::new();
+    let out = host.once("foo://bar/baz", &[]);
+    out.assert_code(1);
+    out.assert_stderr_contains("unsupported registry: foo://bar/baz");
+    let out = host.once("s3://us-east-1/bucket?bogus=1", &[]);
+    out.assert_code(1);
+    out.assert_stderr_contains(r#"schema: invalid path "bogus""#);
+    assert!(!host.path().join("current").exists());
+}
+
+#[test]
+fn ssh_url_is_our_registry() {
+    let reg = Registry::start();
+    let host = Host::new();
+    add_version(&reg, "code", "v01", &tar_gz(&[("bin/app", b"code v01")]));
+    reg.ssh("addconf -name project1 -layer code:v01")
+        .assert_ok();
+    let out = host.once(
+        &format!("ssh://{}/project1", reg.addr()),
+        &[
+            "-fp",
+            &reg.fingerprint(),
+            "-key",
+            reg.keys.service.to_str().unwrap(),
+        ],
+    );
+    out.assert_ok();
+    assert_eq!(
+        fs::read(host.path().join("current/bin/app")).unwrap(),
+        b"code v01"
+    );
+    assert!(host.current().starts_with("unpacked"));
+    assert_eq!(host.deploys().len(), 1);
+}
