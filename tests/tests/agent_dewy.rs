@@ -483,3 +483,229 @@ fn ssh_url_is_our_registry() {
     assert!(host.current().starts_with("unpacked"));
     assert_eq!(host.deploys().len(), 1);
 }
+
+/// Debian's `docker-registry` (distribution) on a free loopback port, stopped on drop.
+struct OciRegistry {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl OciRegistry {
+    fn start() -> OciRegistry {
+        for t in ["docker-registry", "skopeo", "umoci"] {
+            assert!(
+                Command::new("which")
+                    .arg(t)
+                    .output()
+                    .is_ok_and(|o| o.status.success()),
+                "{t} is needed: run scripts/install-deps"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let data = dir.path().join("data");
+        fs::create_dir(&data).unwrap();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only-not-secret\n",
+            data.display()
+        );
+        let cfg = dir.path().join("config.yml");
+        fs::write(&cfg, config).unwrap();
+        let log = fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let reg = OciRegistry { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        reg
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The stored bytes of blob `digest` (`sha256:<hex>`), to damage them.
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for OciRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An image of two layers built by umoci for this host: the first adds `hello.txt` and
+/// `gone.txt`, the second changes `hello.txt`, adds `extra.txt` and deletes `gone.txt` (a
+/// whiteout). Pushed by skopeo as `repo:tag`. Returns the layer digests.
+fn push_image(work: &Path, reg: &OciRegistry, repo: &str, tag: &str, text: &str) -> Vec<String> {
+    let layout = work.join(format!("oci-{tag}"));
+    let bundle = work.join(format!("bundle-{tag}"));
+    let image = format!("{}:{tag}", layout.display());
+    run_ok(
+        Command::new("umoci")
+            .args(["init", "--layout"])
+            .arg(&layout),
+    );
+    run_ok(Command::new("umoci").args(["new", "--image", &image]));
+    run_ok(
+        Command::new("umoci")
+            .args(["unpack", "--rootless", "--image", &image])
+            .arg(&bundle),
+    );
+    let rootfs = bundle.join("rootfs");
+    fs::write(rootfs.join("hello.txt"), "first layer").unwrap();
+    fs::write(rootfs.join("gone.txt"), "deleted later").unwrap();
+    run_ok(
+        Command::new("umoci")
+            .args(["repack", "--image", &image])
+            .arg(&bundle),
+    );
+    fs::remove_dir_all(&bundle).unwrap();
+    run_ok(
+        Command::new("umoci")
+            .args(["unpack", "--rootless", "--image", &image])
+            .arg(&bundle),
+    );
+    let rootfs = bundle.join("rootfs");
+    fs::write(rootfs.join("hello.txt"), text).unwrap();
+    fs::write(rootfs.join("extra.txt"), "second layer").unwrap();
+    fs::remove_file(rootfs.join("gone.txt")).unwrap();
+    run_ok(
+        Command::new("umoci")
+            .args(["repack", "--image", &image])
+            .arg(&bundle),
+    );
+    run_ok(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--os",
+        "linux",
+        "--architecture",
+        goarch(),
+    ]));
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{image}"))
+            .arg(format!("docker://{}/{repo}:{tag}", reg.host())),
+    );
+    // The layer digests, from the pushed manifest (asked with curl, not the agent).
+    let out = Command::new("curl")
+        .args([
+            "-fsS",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+            &format!("http://{}/v2/{repo}/manifests/{tag}", reg.host()),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn img_layers_deploy_in_order_and_a_corrupt_blob_keeps_current() {
+    let reg = OciRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let host = Host::new();
+    let registry = format!("img://{}/app", reg.host());
+
+    let layers = push_image(work.path(), &reg, "app", "v1.0.0", "one");
+    assert_eq!(layers.len(), 2);
+    let out = host.once(&registry, &[]);
+    out.assert_ok();
+    let cur = host.current();
+    assert!(cur.is_absolute() && cur.starts_with(fs::canonicalize(host.path()).unwrap()));
+    assert_eq!(
+        fs::read_to_string(host.path().join("current/hello.txt")).unwrap(),
+        "one"
+    );
+    assert_eq!(
+        fs::read_to_string(host.path().join("current/extra.txt")).unwrap(),
+        "second layer"
+    );
+    assert!(!host.path().join("current/gone.txt").exists(), "whiteout");
+    // NEWID: the configuration hash of the layer digests; one LAYER_<i> per image layer.
+    let hexes: Vec<&str> = layers
+        .iter()
+        .map(|d| d.trim_start_matches("sha256:"))
+        .collect();
+    let id = config_hash(&hexes);
+    assert_eq!(host.deploys(), vec![id.clone()]);
+    let env = host.env_of(&id);
+    assert!(
+        env.contains(&format!("LAYER_1_NAME={}\n", layers[1])),
+        "{env}"
+    );
+    assert!(env.contains("LAYER_1_VERSION=v1.0.0\n"), "{env}");
+    for h in &hexes {
+        assert!(host.path().join("cache").join(h).is_file());
+    }
+    // An image has no Dewy cache key.
+    assert!(!host.path().join(".dewy/cache/current").exists());
+
+    // A new tag: deployed again.
+    let layers2 = push_image(work.path(), &reg, "app", "v1.1.0", "two");
+    host.once(&registry, &[]).assert_ok();
+    assert_eq!(
+        fs::read_to_string(host.path().join("current/hello.txt")).unwrap(),
+        "two"
+    );
+    assert_eq!(host.releases().len(), 2);
+
+    // The registry serves damaged bytes for the next image's top layer: refused while
+    // streaming, current stays.
+    let layers3 = push_image(work.path(), &reg, "app", "v1.2.0", "three");
+    let top = layers3.last().unwrap();
+    assert!(!layers2.contains(top));
+    let blob = reg.blob_path(top);
+    let mut bytes = fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&blob, &bytes).unwrap();
+    let before = host.current();
+    let out = host.once(&registry, &[]);
+    out.assert_code(1);
+    out.assert_stderr_contains("checksum mismatch");
+    assert_eq!(host.current(), before);
+    assert_eq!(
+        fs::read_to_string(host.path().join("current/hello.txt")).unwrap(),
+        "two"
+    );
+    assert_eq!(host.releases().len(), 2);
+}
