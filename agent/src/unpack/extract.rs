@@ -2,6 +2,7 @@
 //! component at a time with `O_NOFOLLOW|O_DIRECTORY`, so no symlink (from this layer, an earlier
 //! one, or an earlier entry) is ever followed while writing.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -9,6 +10,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
@@ -155,7 +157,7 @@ type Comps = Vec<OsString>;
 
 /// The staging tree being built, across layers.
 pub(crate) struct Tree {
-    root: OwnedFd,
+    root: Rc<OwnedFd>,
     root_path: PathBuf,
     policy: Policy,
     privileged: bool,
@@ -166,6 +168,13 @@ pub(crate) struct Tree {
     entries: u64,
     /// Decompressed bytes produced by earlier layers.
     bytes: u64,
+    /// See [`copy_with`].
+    copy_buf: Vec<u8>,
+    /// The directories along the path [`Tree::open_dir`] last opened, by name from the root:
+    /// consecutive entries mostly share their parents, and walking from the root costs two
+    /// syscalls per component. Forgotten whenever anything is removed from the tree, so they
+    /// are always what a walk would find.
+    open_dirs: RefCell<Vec<(OsString, Rc<OwnedFd>)>>,
 }
 
 /// A failure inside a layer, with the entry it concerns (if any).
@@ -178,13 +187,15 @@ impl Tree {
     pub(crate) fn new(root: OwnedFd, root_path: PathBuf, policy: Policy) -> Tree {
         let privileged = rustix::process::geteuid().is_root();
         Tree {
-            root,
+            root: Rc::new(root),
             root_path,
             policy,
             privileged,
             dir_meta: BTreeMap::new(),
             entries: 0,
             bytes: 0,
+            copy_buf: Vec::new(),
+            open_dirs: RefCell::new(Vec::new()),
         }
     }
 
@@ -303,39 +314,62 @@ impl Tree {
         match kind {
             EntryType::Regular | EntryType::Continuous => {
                 let dir = self.open_dir(parent, true)?;
-                self.clear_dir_at(&dir, parent, &name)?;
-                let tmp = temp_name();
-                let fd = rustix::fs::openat(
+                let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+                // A fresh tree mostly gets new names: create the file in place. O_EXCL never
+                // follows a symlink, and the name is ours alone until the staging tree is
+                // complete, so a failure just removes it. Only when the name exists does the
+                // new file go through a temporary name and a rename over the old one (A3).
+                let (fd, tmp) = match rustix::fs::openat(
                     &dir,
-                    &tmp,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
+                    name.as_os_str(),
+                    flags,
                     Mode::from_raw_mode(0o600),
-                )?;
+                ) {
+                    Ok(fd) => (fd, None),
+                    Err(Errno::EXIST) => {
+                        self.clear_dir_at(&dir, parent, &name)?;
+                        let tmp = temp_name();
+                        let fd = rustix::fs::openat(
+                            &dir,
+                            &tmp,
+                            flags | OFlags::NOFOLLOW,
+                            Mode::from_raw_mode(0o600),
+                        )?;
+                        (fd, Some(tmp))
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 let mut file = File::from(fd);
+                let mut buf = std::mem::take(&mut self.copy_buf);
                 let written = (|| -> Result<(), EntryError> {
-                    io::copy(entry, &mut file)?;
+                    copy_with(entry, &mut file, &mut buf)?;
                     self.finish_metadata(file.as_fd(), entry.header(), perm, mtime)?;
-                    rustix::fs::renameat(&dir, &tmp, &dir, &name)?;
+                    if let Some(tmp) = &tmp {
+                        rustix::fs::renameat(&dir, tmp, &dir, &name)?;
+                    }
                     Ok(())
                 })();
+                self.copy_buf = buf;
                 if written.is_err() {
-                    let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+                    let made = tmp.as_deref().map_or(name.as_os_str(), OsStr::new);
+                    let _ = rustix::fs::unlinkat(&dir, made, AtFlags::empty());
                 }
                 written?;
             }
             EntryType::Directory => {
                 let dir = self.open_dir(parent, true)?;
-                match kind_at(&dir, &name)? {
-                    Some(FileType::Directory) => {}
-                    Some(_) => {
-                        rustix::fs::unlinkat(&dir, &name, AtFlags::empty())?;
-                        rustix::fs::mkdirat(&dir, &name, Mode::from_raw_mode(0o755))?;
-                    }
-                    None => rustix::fs::mkdirat(&dir, &name, Mode::from_raw_mode(0o755))?,
+                // Mostly new: mkdir first, look at what is there only when something is.
+                match rustix::fs::mkdirat(&dir, &name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) => {}
+                    Err(Errno::EXIST) => match kind_at(&dir, &name)? {
+                        Some(FileType::Directory) => {}
+                        _ => {
+                            self.forget_dir();
+                            rustix::fs::unlinkat(&dir, &name, AtFlags::empty())?;
+                            rustix::fs::mkdirat(&dir, &name, Mode::from_raw_mode(0o755))?;
+                        }
+                    },
+                    Err(e) => return Err(e.into()),
                 }
                 if self.privileged && self.policy.allow_special {
                     let d = rustix::fs::openat(&dir, &name, dir_flags(), Mode::empty())?;
@@ -496,6 +530,7 @@ impl Tree {
         // Every component was just opened with O_NOFOLLOW, and this process is the only writer
         // of the staging tree, so this path names the same directory.
         let path = comps.iter().fold(self.root_path.clone(), |p, c| p.join(c));
+        self.forget_dir();
         remove_tree(&path)?;
         // Keys under `comps` sort right after it, contiguously: remove just that range
         // (a `retain` over every directory per removal would be quadratic).
@@ -562,17 +597,28 @@ impl Tree {
 
     /// Opens the directory `comps` beneath the root without following any symlink. With
     /// `create`, missing directories are made 0755 (subject to the umask, so never wider).
-    fn open_dir(&self, comps: &[OsString], create: bool) -> Result<OwnedFd, EntryError> {
-        let mut cur = rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty())?;
-        for c in comps {
-            let next = match rustix::fs::openat(&cur, c.as_os_str(), dir_flags(), Mode::empty()) {
+    fn open_dir(&self, comps: &[OsString], create: bool) -> Result<Rc<OwnedFd>, EntryError> {
+        let mut open = self.open_dirs.borrow_mut();
+        // Entries come sorted more often than not: most of the path is already open.
+        let common = open
+            .iter()
+            .zip(comps)
+            .take_while(|((n, _), c)| n == *c)
+            .count();
+        open.truncate(common);
+        let mut cur = match open.last() {
+            Some((_, fd)) => fd.clone(),
+            None => self.root.clone(),
+        };
+        for c in &comps[common..] {
+            let next = match rustix::fs::openat(&*cur, c.as_os_str(), dir_flags(), Mode::empty()) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) if create => {
-                    match rustix::fs::mkdirat(&cur, c.as_os_str(), Mode::from_raw_mode(0o755)) {
+                    match rustix::fs::mkdirat(&*cur, c.as_os_str(), Mode::from_raw_mode(0o755)) {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => return Err(e.into()),
                     }
-                    rustix::fs::openat(&cur, c.as_os_str(), dir_flags(), Mode::empty())?
+                    rustix::fs::openat(&*cur, c.as_os_str(), dir_flags(), Mode::empty())?
                 }
                 Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
                     return Err(EntryError::Rejected(format!(
@@ -582,9 +628,16 @@ impl Tree {
                 }
                 Err(e) => return Err(e.into()),
             };
-            cur = next;
+            cur = Rc::new(next);
+            open.push((c.clone(), cur.clone()));
         }
         Ok(cur)
+    }
+
+    /// Forgets the directories [`Tree::open_dir`] keeps open (something was removed or
+    /// replaced, so a path may now lead elsewhere).
+    fn forget_dir(&self) {
+        self.open_dirs.borrow_mut().clear();
     }
 
     /// Applies the recorded directory modes and mtimes, deepest first so that setting a
@@ -610,6 +663,29 @@ impl Tree {
             }
         }
         Ok(())
+    }
+}
+
+/// Size of the buffer file contents are copied through: large writes mean few syscalls and
+/// whole pages (`io::copy` uses 8 KiB).
+const COPY_BUF: usize = 1 << 20;
+
+/// `io::copy` through `buf` (grown to [`COPY_BUF`] on first use).
+fn copy_with(r: &mut impl Read, w: &mut File, buf: &mut Vec<u8>) -> io::Result<u64> {
+    use std::io::Write;
+    if buf.len() < COPY_BUF {
+        buf.resize(COPY_BUF, 0);
+    }
+    let mut total = 0;
+    loop {
+        let n = match r.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..n])?;
+        total += n as u64;
     }
 }
 
