@@ -313,3 +313,227 @@ fn plain_to_tar(mut file: Counted<File>, name: &str, out: &mut Sink) -> io::Resu
     tar.into_inner()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::sync::atomic::AtomicBool;
+
+    use zip::write::SimpleFileOptions;
+
+    use super::*;
+    use crate::unpack::Policy;
+
+    enum Item<'a> {
+        File(&'a str, &'a [u8], u32),
+        Dir(&'a str),
+        Link(&'a str, &'a str),
+    }
+
+    fn zip_of(items: &[Item<'_>]) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+        let stored =
+            SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        for it in items {
+            match it {
+                Item::File(name, data, mode) => {
+                    w.start_file(*name, stored.unix_permissions(*mode)).unwrap();
+                    w.write_all(data).unwrap();
+                }
+                Item::Dir(name) => w.add_directory(*name, stored).unwrap(),
+                Item::Link(name, target) => w.add_symlink(*name, *target, stored).unwrap(),
+            }
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    /// Converts `bytes` of `kind` named `name` and unpacks it into `<tmp>/r/t`.
+    async fn unpack(
+        tmp: &Path,
+        kind: ArtifactKind,
+        name: &str,
+        bytes: &[u8],
+        limits: Limits,
+    ) -> Result<PathBuf, String> {
+        let blob = tmp.join("blob");
+        std::fs::write(&blob, bytes).unwrap();
+        let Plan::Convert(input, conv) = plan(
+            LayerKind::Artifact(kind),
+            &"a".repeat(64),
+            blob,
+            name,
+            limits,
+        ) else {
+            panic!("{kind:?} is converted");
+        };
+        let rt = tokio::runtime::Handle::current();
+        let converting = tokio::task::spawn_blocking(move || conv.run(rt));
+        let dir = tmp.join("r");
+        let d = dir.clone();
+        let policy = Policy {
+            limits,
+            allow_special: false,
+        };
+        let built = tokio::task::spawn_blocking(move || {
+            unpack::build_tree_from(&d, "t", vec![input], &policy, &AtomicBool::new(false))
+        })
+        .await
+        .unwrap();
+        converting
+            .await
+            .unwrap()
+            .map_err(|e| format!("convert: {e:#}"))?;
+        built.map_err(|e| format!("unpack: {e}"))?;
+        Ok(dir.join("t"))
+    }
+
+    #[tokio::test]
+    async fn zip_files_dirs_modes_and_an_inner_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let z = zip_of(&[
+            Item::Dir("bin/"),
+            Item::File("bin/app", b"#!/bin/sh\n", 0o4755),
+            Item::File("etc/conf", b"x=1", 0o600),
+            Item::Link("bin/run", "app"),
+        ]);
+        let t = unpack(
+            tmp.path(),
+            ArtifactKind::Zip,
+            "a.zip",
+            &z,
+            Limits::default(),
+        )
+        .await
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| std::fs::metadata(t.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(std::fs::read(t.join("bin/app")).unwrap(), b"#!/bin/sh\n");
+        assert_eq!(mode("bin/app"), 0o755, "setuid masked");
+        assert_eq!(mode("etc/conf"), 0o600);
+        assert_eq!(
+            std::fs::read_link(t.join("bin/run")).unwrap(),
+            Path::new("app")
+        );
+    }
+
+    #[tokio::test]
+    async fn zip_escapes_are_refused() {
+        for (items, why) in [
+            (vec![Item::File("../evil", b"x", 0o644)], "escape"),
+            (vec![Item::File("/abs", b"x", 0o644)], "escape"),
+            (
+                vec![
+                    Item::Link("out", "/etc"),
+                    Item::File("out/passwd", b"x", 0o644),
+                ],
+                "",
+            ),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let z = zip_of(&items);
+            let err = unpack(
+                tmp.path(),
+                ArtifactKind::Zip,
+                "a.zip",
+                &z,
+                Limits::default(),
+            )
+            .await
+            .unwrap_err();
+            assert!(err.contains(why), "{err}");
+            assert!(!tmp.path().join("r/t").exists());
+        }
+    }
+
+    #[tokio::test]
+    async fn zip_limits_apply() {
+        let tmp = tempfile::tempdir().unwrap();
+        let z = zip_of(&[
+            Item::File("a", b"1", 0o644),
+            Item::File("b", b"2", 0o644),
+            Item::File("c", b"3", 0o644),
+        ]);
+        let limits = Limits {
+            max_entries: 2,
+            ..Limits::default()
+        };
+        let err = unpack(tmp.path(), ArtifactKind::Zip, "a.zip", &z, limits)
+            .await
+            .unwrap_err();
+        assert!(err.contains("limit exceeded"), "{err}");
+        let limits = Limits {
+            max_bytes: 100,
+            ..Limits::default()
+        };
+        let z = zip_of(&[Item::File("big", &[7u8; 4096], 0o644)]);
+        let err = unpack(tmp.path(), ArtifactKind::Zip, "a.zip", &z, limits)
+            .await
+            .unwrap_err();
+        assert!(err.contains("limit exceeded"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn compressed_tars_and_a_plain_executable() {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(2);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, "f", &b"ok"[..]).unwrap();
+        let tar = tar.into_inner().unwrap();
+
+        let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        bz.write_all(&tar).unwrap();
+        let mut xz = xz2::write::XzEncoder::new(Vec::new(), 1);
+        xz.write_all(&tar).unwrap();
+        for (kind, bytes) in [
+            (ArtifactKind::TarBz2, bz.finish().unwrap()),
+            (ArtifactKind::TarXz, xz.finish().unwrap()),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let t = unpack(tmp.path(), kind, "x", &bytes, Limits::default())
+                .await
+                .unwrap();
+            assert_eq!(std::fs::read(t.join("f")).unwrap(), b"ok");
+        }
+        // Not bzip2 at all: the conversion's error, the tree never appears.
+        let tmp = tempfile::tempdir().unwrap();
+        let err = unpack(
+            tmp.path(),
+            ArtifactKind::TarBz2,
+            "x.tbz2",
+            &tar,
+            Limits::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.contains("x.tbz2: bzip2"), "{err}");
+        assert!(!tmp.path().join("r/t").exists());
+
+        let tmp = tempfile::tempdir().unwrap();
+        let t = unpack(
+            tmp.path(),
+            ArtifactKind::Plain,
+            "tool",
+            b"\x7fELF",
+            Limits::default(),
+        )
+        .await
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(t.join("tool")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o755);
+        assert_eq!(std::fs::read(t.join("tool")).unwrap(), b"\x7fELF");
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(
+            unpack(
+                tmp.path(),
+                ArtifactKind::Plain,
+                "..",
+                b"x",
+                Limits::default()
+            )
+            .await
+            .is_err()
+        );
+    }
+}
