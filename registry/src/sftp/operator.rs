@@ -207,8 +207,11 @@ impl View for Operator {
 impl russh_sftp::server::Handler for Operator {
     type Error = StatusReply;
 
+    /// Every request this view does not serve is refused as the original's views refused
+    /// them: PERMISSION_DENIED (write, setstat, remove, mkdir, rmdir, rename, readlink, symlink,
+    /// ...). Unknown extended requests are OP_UNSUPPORTED (see `extended`).
     fn unimplemented(&self) -> StatusReply {
-        StatusCode::OpUnsupported.into()
+        denied()
     }
 
     async fn init(
@@ -299,10 +302,6 @@ impl russh_sftp::server::Handler for Operator {
         Err(denied())
     }
 
-    async fn opendir(&mut self, _id: u32, _path: String) -> Result<Handle, StatusReply> {
-        Err(denied())
-    }
-
     async fn stat(
         &mut self,
         _id: u32,
@@ -327,15 +326,6 @@ impl russh_sftp::server::Handler for Operator {
         Err(denied())
     }
 
-    async fn setstat(
-        &mut self,
-        _id: u32,
-        _path: String,
-        _attrs: FileAttributes,
-    ) -> Result<Status, StatusReply> {
-        Err(denied())
-    }
-
     /// Accepted and ignored on an upload handle: OpenSSH `scp` (SFTP mode) and `sftp put -p`
     /// set the mode after writing, and blobs are stored 0600 whatever they ask. The original
     /// refused it, which made both report an error although the upload went through.
@@ -350,44 +340,5 @@ impl russh_sftp::server::Handler for Operator {
             Some(Slot::Failed(reply)) => Err(reply.clone()),
             None => Err(bad_handle()),
         }
-    }
-
-    async fn remove(&mut self, _id: u32, _filename: String) -> Result<Status, StatusReply> {
-        Err(denied())
-    }
-
-    async fn mkdir(
-        &mut self,
-        _id: u32,
-        _path: String,
-        _attrs: FileAttributes,
-    ) -> Result<Status, StatusReply> {
-        Err(denied())
-    }
-
-    async fn rmdir(&mut self, _id: u32, _path: String) -> Result<Status, StatusReply> {
-        Err(denied())
-    }
-
-    async fn rename(
-        &mut self,
-        _id: u32,
-        _oldpath: String,
-        _newpath: String,
-    ) -> Result<Status, StatusReply> {
-        Err(denied())
-    }
-
-    async fn readlink(&mut self, _id: u32, _path: String) -> Result<Name, StatusReply> {
-        Err(denied())
-    }
-
-    async fn symlink(
-        &mut self,
-        _id: u32,
-        _linkpath: String,
-        _targetpath: String,
-    ) -> Result<Status, StatusReply> {
-        Err(denied())
     }
 }

@@ -282,8 +282,11 @@ impl super::server::View for Service {}
 impl russh_sftp::server::Handler for Service {
     type Error = StatusReply;
 
+    /// Every request this view does not serve is refused as the original's views refused
+    /// them: PERMISSION_DENIED (write, setstat, remove, mkdir, rmdir, rename, readlink, symlink,
+    /// ...). Unknown extended requests are OP_UNSUPPORTED (see `extended`).
     fn unimplemented(&self) -> StatusReply {
-        StatusCode::OpUnsupported.into()
+        denied()
     }
 
     async fn init(
@@ -463,74 +466,5 @@ impl russh_sftp::server::Handler for Service {
         _data: Vec<u8>,
     ) -> Result<Packet, StatusReply> {
         super::extended(id, &request)
-    }
-
-    // Read-only view: every write and mutation is refused.
-
-    async fn write(
-        &mut self,
-        _id: u32,
-        _handle: String,
-        _offset: u64,
-        _data: Vec<u8>,
-    ) -> Result<Status, StatusReply> {
-        Err(denied())
-    }
-
-    async fn setstat(
-        &mut self,
-        _id: u32,
-        _path: String,
-        _attrs: FileAttributes,
-    ) -> Result<Status, StatusReply> {
-        Err(denied())
-    }
-
-    async fn fsetstat(
-        &mut self,
-        _id: u32,
-        _handle: String,
-        _attrs: FileAttributes,
-    ) -> Result<Status, StatusReply> {
-        Err(denied())
-    }
-
-    async fn remove(&mut self, _id: u32, _filename: String) -> Result<Status, StatusReply> {
-        Err(denied())
-    }
-
-    async fn mkdir(
-        &mut self,
-        _id: u32,
-        _path: String,
-        _attrs: FileAttributes,
-    ) -> Result<Status, StatusReply> {
-        Err(denied())
-    }
-
-    async fn rmdir(&mut self, _id: u32, _path: String) -> Result<Status, StatusReply> {
-        Err(denied())
-    }
-
-    async fn rename(
-        &mut self,
-        _id: u32,
-        _oldpath: String,
-        _newpath: String,
-    ) -> Result<Status, StatusReply> {
-        Err(denied())
-    }
-
-    async fn readlink(&mut self, _id: u32, _path: String) -> Result<Name, StatusReply> {
-        Err(denied())
-    }
-
-    async fn symlink(
-        &mut self,
-        _id: u32,
-        _linkpath: String,
-        _targetpath: String,
-    ) -> Result<Status, StatusReply> {
-        Err(denied())
     }
 }
