@@ -423,6 +423,14 @@ fn s3_checksum_mismatch_leaves_current_alone() {
     );
     host.once(&registry, &[]).assert_ok();
     assert_eq!(fs::read(host.path().join("current/app")).unwrap(), b"two");
+
+    // An artifact larger than what a release may unpack to is not downloaded.
+    let big: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+    moto.put("rel", &format!("3.0.0/{name}"), &big);
+    let out = host.once(&registry, &["-max-unpack-bytes", "1000"]);
+    out.assert_code(1);
+    out.assert_stderr_contains("more than -max-unpack-bytes 1000");
+    assert_eq!(fs::read(host.path().join("current/app")).unwrap(), b"two");
 }
 
 #[test]

@@ -148,6 +148,8 @@ pub struct ReleaseAgent {
     /// Consecutive failed cycles, for the backoff.
     failures: u32,
     script_backoff: Option<ScriptBackoff>,
+    /// The state file's last reported defect, so it is logged once, not every poll.
+    corrupt_reported: Option<String>,
 }
 
 impl ReleaseAgent {
@@ -168,6 +170,7 @@ impl ReleaseAgent {
             dewy_dir,
             failures: 0,
             script_backoff: None,
+            corrupt_reported: None,
         }
     }
 
@@ -213,10 +216,13 @@ impl ReleaseAgent {
     pub async fn cycle(&mut self) -> anyhow::Result<Outcome> {
         let local = state::load(&self.opts.state);
         if let Loaded::Corrupt(why) = &local {
-            tracing::error!(
-                "state file {:?} is unreadable ({why}); treating it as empty until a successful deploy replaces it",
-                self.opts.state
-            );
+            if self.corrupt_reported.as_deref() != Some(why) {
+                tracing::error!(
+                    "state file {:?} is unreadable ({why}); treating it as empty until a successful deploy replaces it",
+                    self.opts.state
+                );
+            }
+            self.corrupt_reported = Some(why.clone());
         }
         let release = match self.source.current().await {
             Ok(r) => r,
@@ -307,10 +313,13 @@ impl ReleaseAgent {
             }
         }
         self.script_backoff = None;
-        state::save(&self.opts.state, &config)
-            .with_context(|| format!("cannot save state file {:?}", self.opts.state))?;
+        // `current` first, the state second: the state is what says "nothing to do" on the
+        // next poll, so a crash in between only makes that poll deploy the release again.
         releases::switch_current(&self.opts.dir, &new_root).context("cannot switch current")?;
         tracing::info!(from = %self.opts.dir.join("current").display(), to = %new_root.display(), "Create symlink");
+        state::save(&self.opts.state, &config)
+            .with_context(|| format!("cannot save state file {:?}", self.opts.state))?;
+        self.corrupt_reported = None;
         if let (Some(key), [hash]) = (&key, hashes.as_slice()) {
             store::write_keys(&self.cache, &self.dewy_dir, key, hash);
         }
@@ -401,7 +410,7 @@ impl ReleaseAgent {
                         None => {
                             fetched += 1;
                             tokio::select! {
-                                r = store::fetch_unverified(&self.cache, &self.source, layer, self.opts.io_timeout) => r?,
+                                r = store::fetch_unverified(&self.cache, &self.source, layer, self.opts.io_timeout, self.opts.policy.limits.max_bytes) => r?,
                                 _ = self.cancel.cancelled() => anyhow::bail!("interrupted"),
                             }
                         }

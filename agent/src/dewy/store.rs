@@ -54,12 +54,21 @@ pub fn key_is_safe(key: &str) -> bool {
 }
 
 /// Downloads a layer that has no published digest into the cache and returns its sha256.
+/// An artifact larger than `max_bytes` (what it may unpack to) is refused: Dewy's cap on a
+/// download, with our limit.
 pub async fn fetch_unverified(
     cache: &Cache,
     source: &Source,
     layer: &Layer,
     io_timeout: Duration,
+    max_bytes: u64,
 ) -> anyhow::Result<String> {
+    if let Some(size) = layer.size.filter(|s| *s > max_bytes) {
+        anyhow::bail!(
+            "{} is {size} bytes, more than -max-unpack-bytes {max_bytes}",
+            layer.name
+        );
+    }
     let dir = cache.dir();
     mkdir(dir)?;
     let tmp = dir.join(format!("temp-{:016x}", rand::random::<u64>()));
@@ -76,12 +85,17 @@ pub async fn fetch_unverified(
             .map_err(|_| anyhow::anyhow!("no answer for {}s", io_timeout.as_secs()))??;
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; 256 << 10];
+        let mut total = 0u64;
         loop {
             let n = tokio::time::timeout(io_timeout, reader.read(&mut buf))
                 .await
                 .map_err(|_| anyhow::anyhow!("no data for {}s", io_timeout.as_secs()))??;
             if n == 0 {
                 break;
+            }
+            total += n as u64;
+            if total > max_bytes {
+                anyhow::bail!("more than -max-unpack-bytes {max_bytes} bytes");
             }
             hasher.update(&buf[..n]);
             out.write_all(&buf[..n]).await?;
