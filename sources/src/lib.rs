@@ -13,6 +13,8 @@
 
 pub mod bucket;
 pub mod error;
+pub mod ghr;
+pub mod grpc;
 pub mod gs;
 pub mod http;
 pub mod img;
@@ -70,6 +72,8 @@ pub enum Source {
     Img(img::ImgSource),
     S3(s3::S3Source),
     Gs(gs::GsSource),
+    Ghr(ghr::GhrSource),
+    Grpc(grpc::GrpcSource),
 }
 
 impl Source {
@@ -79,6 +83,8 @@ impl Source {
             Source::Img(s) => s.current().await,
             Source::S3(s) => s.current().await,
             Source::Gs(s) => s.current().await,
+            Source::Ghr(s) => s.current().await,
+            Source::Grpc(s) => s.current().await,
         }
     }
 
@@ -88,6 +94,8 @@ impl Source {
             Source::Img(s) => s.fetch(layer, offset).await,
             Source::S3(s) => s.fetch(layer, offset).await,
             Source::Gs(s) => s.fetch(layer, offset).await,
+            Source::Ghr(s) => s.fetch(layer, offset).await,
+            Source::Grpc(s) => s.fetch(layer, offset).await,
         }
     }
 }
