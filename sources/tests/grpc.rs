@@ -73,6 +73,11 @@ impl Drop for Server {
 
 impl Server {
     async fn start() -> Server {
+        Server::start_with(None).await
+    }
+
+    /// With `tls`, connections are TLS (ALPN h2, as gRPC requires) before HTTP/2.
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let reg = Shared::default();
@@ -83,6 +88,7 @@ impl Server {
                     return;
                 };
                 let reg = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
@@ -105,9 +111,14 @@ impl Server {
                             }
                         },
                     );
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    let _ = match tls {
+                        None => http2.serve_connection(TokioIo::new(stream), svc).await,
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => http2.serve_connection(TokioIo::new(tls), svc).await,
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
@@ -344,4 +355,109 @@ async fn tls_is_the_default() {
         .expect("bounded");
     assert!(matches!(r, Err(SourceError::Transient { .. })), "{r:?}");
     assert!(server.reg().currents.is_empty());
+}
+
+/// A test CA and a server certificate for 127.0.0.1 it signed, from the system's openssl:
+/// (CA PEM, server cert PEM, server key PEM). (webpki refuses a CA certificate as the server's.)
+fn test_pki() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let run = |args: &[&str]| {
+        let ok = std::process::Command::new("openssl")
+            .current_dir(dir.path())
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl (scripts/install-deps)")
+            .success();
+        assert!(ok, "openssl {args:?}");
+    };
+    std::fs::write(
+        p("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+    ]
+    .into_iter()
+    .chain([
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ])
+    .collect::<Vec<_>>());
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=registry.test",
+    ]
+    .into_iter()
+    .chain(["-keyout", "k.pem", "-out", "leaf.csr"])
+    .collect::<Vec<_>>());
+    run(&[
+        "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+    ]
+    .into_iter()
+    .chain([
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "c.pem",
+    ])
+    .collect::<Vec<_>>());
+    let read = |n: &str| std::fs::read(p(n)).unwrap();
+    (read("ca.pem"), read("c.pem"), read("k.pem"))
+}
+
+fn acceptor(cert: &[u8], key: &[u8]) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
+
+#[tokio::test]
+async fn tls_registry_with_a_trusted_ca() {
+    let (ca, cert, key) = test_pki();
+    let server = Server::start_with(Some(acceptor(&cert, &key))).await;
+    server.answer(Ok(answer(
+        "v1.2.3",
+        "ghr://acme/app/tag/v1.2.3/app_linux_amd64.tar.gz",
+    )));
+    // Not in the system's roots: refused.
+    let untrusted = tokio::time::timeout(Duration::from_secs(20), source(&server, "").current())
+        .await
+        .expect("bounded");
+    assert!(
+        matches!(untrusted, Err(SourceError::Transient { .. })),
+        "{untrusted:?}"
+    );
+    assert!(server.reg().currents.is_empty());
+    // Trusted as an extra root: Current and Report go over TLS.
+    let src = source(&server, "").with_extra_root(&ca);
+    assert_eq!(src.current().await.unwrap().tag, "v1.2.3");
+    src.report("v1.2.3", Command::Container).await.unwrap();
+    assert_eq!(server.reg().currents.len(), 1);
+    assert_eq!(server.reg().reports[0].command, "container");
 }
