@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::dewy::artifact::{self, ArtifactKind, Platform};
+use common::dewy::artifact_url::ArtifactUrl;
 use common::dewy::calver::CalVerFormat;
 use common::dewy::checksum;
 use common::dewy::report;
@@ -164,10 +165,10 @@ impl GhrSource {
                 digest,
                 size: asset.size,
                 kind: LayerKind::Artifact(ArtifactKind::of(&asset.name)),
-                locator: self
-                    .gh
-                    .asset_url(&self.owner, &self.repo, asset.id)
-                    .to_string(),
+                locator: format!(
+                    "ghr://{}/{}/tag/{}/{}",
+                    self.owner, self.repo, release.tag_name, asset.name
+                ),
             }],
         })
     }
@@ -194,9 +195,41 @@ impl GhrSource {
     }
 
     /// The bytes of `layer` (as [`GhrSource::current`] made it) from `offset` on.
+    /// The locator is Dewy's artifact URL `ghr://<owner>/<repo>/tag/<tag>/<name>` (the agent
+    /// derives Dewy's cache key `<tag>--<name>` from it). The asset id comes from the cached
+    /// listing when it has that release, else from the release of that tag.
     pub async fn fetch(&self, layer: &Layer, offset: u64) -> Result<ByteStream, SourceError> {
-        let resp = self.gh.download(&layer.locator, offset).await?;
-        Ok(http::byte_stream(resp))
+        let Ok(ArtifactUrl::Ghr {
+            owner,
+            repo,
+            tag,
+            name,
+        }) = ArtifactUrl::parse(&layer.locator)
+        else {
+            return Err(SourceError::Permanent(format!(
+                "not a ghr artifact URL: {}",
+                layer.locator
+            )));
+        };
+        let id = if owner == self.owner && repo == self.repo {
+            let cache = self.cache.lock().await;
+            cache
+                .releases
+                .iter()
+                .find(|r| r.tag_name == tag && !r.draft)
+                .and_then(|r| r.assets.iter().find(|a| a.name == name))
+                .map(|a| a.id)
+        } else {
+            None
+        };
+        match id {
+            Some(id) => {
+                let url = self.gh.asset_url(&owner, &repo, id);
+                let resp = self.gh.download(url.as_str(), offset).await?;
+                Ok(http::byte_stream(resp))
+            }
+            None => fetch_artifact(&self.gh, &owner, &repo, &tag, &name, offset).await,
+        }
     }
 
     /// Dewy's audit record of a successful deploy (spec 4): a release asset named

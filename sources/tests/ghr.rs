@@ -159,6 +159,21 @@ async fn artifact_by_platform_and_by_name_with_download() {
     ));
     assert_eq!(layer.digest, None, "no checksum file published");
     assert_eq!(
+        layer.locator, "ghr://acme/app/tag/v1.0.0/app_linux_amd64.tar.gz",
+        "Dewy's artifact URL: the agent's cache key <tag>--<name> comes from it"
+    );
+    // A source that has not listed (a restarted agent resuming) finds the asset by tag.
+    let fresh = source(&gh, "");
+    assert_eq!(
+        read_all(fresh.fetch(layer, 0).await.unwrap()).await,
+        LINUX_AMD64
+    );
+    assert_eq!(
+        gh.state()
+            .count(200, "/repos/acme/app/releases/tags/v1.0.0"),
+        1
+    );
+    assert_eq!(
         read_all(src.fetch(layer, 0).await.unwrap()).await,
         LINUX_AMD64
     );
