@@ -926,3 +926,359 @@ fn terminate(child: &mut Child) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Releases of the GitHub stand-in, newest first: (tag, [(asset name, bytes)]).
+type Releases = Vec<(String, Vec<(String, Vec<u8>)>)>;
+
+/// A stand-in for GitHub's REST API (the release endpoints Dewy uses), on loopback, answering
+/// one request per connection: the releases listing, one asset's bytes, a release by tag, and
+/// the upload of the audit asset (recorded). Requests without the token are refused.
+struct GitHubStandIn {
+    port: u16,
+    uploads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    releases: std::sync::Arc<std::sync::Mutex<Releases>>,
+    /// Uploads answer 500 while set.
+    fail_uploads: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl GitHubStandIn {
+    fn start() -> GitHubStandIn {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let s = GitHubStandIn {
+            port,
+            uploads: Default::default(),
+            releases: Default::default(),
+            fail_uploads: Default::default(),
+        };
+        let (uploads, releases) = (s.uploads.clone(), s.releases.clone());
+        let fail = s.fail_uploads.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let (uploads, releases) = (uploads.clone(), releases.clone());
+                let fail = fail.load(std::sync::atomic::Ordering::Relaxed);
+                std::thread::spawn(move || serve_github(conn, port, &uploads, &releases, fail));
+            }
+        });
+        s
+    }
+
+    fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Publishes a release (newest first in the listing) with these assets.
+    fn release(&self, tag: &str, assets: Vec<(String, Vec<u8>)>) {
+        self.releases
+            .lock()
+            .unwrap()
+            .insert(0, (tag.to_string(), assets));
+    }
+}
+
+fn serve_github(
+    mut conn: std::net::TcpStream,
+    port: u16,
+    uploads: &std::sync::Mutex<Vec<String>>,
+    releases: &std::sync::Mutex<Releases>,
+    fail_uploads: bool,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut r = BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    if r.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, target) = (
+        parts.next().unwrap_or("").to_string(),
+        parts.next().unwrap_or("").to_string(),
+    );
+    let (mut len, mut authed) = (0usize, false);
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+        let lower = h.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        if lower.trim_end() == "authorization: bearer test-token" {
+            authed = true;
+        }
+    }
+    let mut body = vec![0u8; len];
+    let _ = r.read_exact(&mut body);
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let api = format!("http://127.0.0.1:{port}");
+    let rels = releases.lock().unwrap().clone();
+    let release_json = |i: usize, (tag, assets): &(String, Vec<(String, Vec<u8>)>)| {
+        serde_json::json!({
+            "id": i + 1,
+            "tag_name": tag,
+            "draft": false,
+            "prerelease": false,
+            "published_at": "2026-01-01T00:00:00Z",
+            "upload_url": format!("{api}/api/uploads/repos/o/r/releases/{}/assets{{?name,label}}", i + 1),
+            "assets": assets.iter().enumerate().map(|(j, (name, data))| serde_json::json!({
+                "id": (i + 1) * 100 + j,
+                "name": name,
+                "size": data.len(),
+            })).collect::<Vec<_>>(),
+        })
+    };
+    let (status, ctype, out): (&str, &str, Vec<u8>) = if !authed {
+        (
+            "401 Unauthorized",
+            "application/json",
+            br#"{"message":"Bad credentials"}"#.to_vec(),
+        )
+    } else if method == "GET" && path == "/repos/o/r/releases" {
+        let list: Vec<_> = rels
+            .iter()
+            .enumerate()
+            .map(|(i, r)| release_json(i, r))
+            .collect();
+        (
+            "200 OK",
+            "application/json",
+            serde_json::to_vec(&list).unwrap(),
+        )
+    } else if let Some(tag) = path.strip_prefix("/repos/o/r/releases/tags/") {
+        match rels.iter().enumerate().find(|(_, r)| r.0 == tag) {
+            Some((i, r)) => (
+                "200 OK",
+                "application/json",
+                serde_json::to_vec(&release_json(i, r)).unwrap(),
+            ),
+            None => (
+                "404 Not Found",
+                "application/json",
+                br#"{"message":"Not Found"}"#.to_vec(),
+            ),
+        }
+    } else if let Some(id) = path.strip_prefix("/repos/o/r/releases/assets/") {
+        let id: usize = id.parse().unwrap_or(0);
+        let found = rels
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| {
+                r.1.iter()
+                    .enumerate()
+                    .map(move |(j, a)| ((i + 1) * 100 + j, a))
+            })
+            .find(|(k, _)| *k == id);
+        match found {
+            Some((_, (_, data))) => ("200 OK", "application/octet-stream", data.clone()),
+            None => (
+                "404 Not Found",
+                "application/json",
+                br#"{"message":"Not Found"}"#.to_vec(),
+            ),
+        }
+    } else if method == "POST" && fail_uploads {
+        (
+            "500 Internal Server Error",
+            "application/json",
+            br#"{"message":"upload broken"}"#.to_vec(),
+        )
+    } else if method == "POST" && path.starts_with("/api/uploads/repos/o/r/releases/") {
+        let name = query.strip_prefix("name=").unwrap_or(query).to_string();
+        uploads
+            .lock()
+            .unwrap()
+            .push(format!("{name}\n{}", String::from_utf8_lossy(&body)));
+        ("201 Created", "application/json", br#"{"id":1}"#.to_vec())
+    } else {
+        (
+            "404 Not Found",
+            "application/json",
+            br#"{"message":"Not Found"}"#.to_vec(),
+        )
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        out.len()
+    );
+    let _ = conn.write_all(head.as_bytes());
+    let _ = conn.write_all(&out);
+}
+
+#[test]
+fn ghr_deploys_the_newest_release_asset_and_uploads_the_audit() {
+    let gh = GitHubStandIn::start();
+    let host = Host::new();
+    let name = format!("app_linux_{}.tar.gz", goarch());
+    let v1 = tar_gz(&[("app", b"one")]);
+    gh.release("v1.0.0", vec![(name.clone(), v1.clone())]);
+    let v2 = tar_gz(&[("app", b"two")]);
+    gh.release(
+        "v1.1.0",
+        vec![
+            (
+                "checksums.txt".into(),
+                format!("{}  {name}\n", sha256_hex(&v2)).into_bytes(),
+            ),
+            (name.clone(), v2.clone()),
+        ],
+    );
+    let mut c = host.command("ghr://o/r", &["-once"]);
+    c.env("GITHUB_API_URL", gh.api())
+        .env("GITHUB_TOKEN", "test-token")
+        .env_remove("GH_TOKEN")
+        .env_remove("GITHUB_APP_ID")
+        .env_remove("GITHUB_ARTIFACT");
+    let out = run_with_timeout(&mut c, None, DEFAULT_TIMEOUT_SECS);
+    out.assert_ok();
+    assert_eq!(fs::read(host.path().join("current/app")).unwrap(), b"two");
+    let env = host.env_of(&config_hash(&[&sha256_hex(&v2)]));
+    assert!(env.contains("LAYER_0_VERSION=v1.1.0\n"), "{env}");
+    let uploads = gh.uploads.lock().unwrap().clone();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    assert!(
+        uploads[0].starts_with("shipped_to_") && uploads[0].contains("\nshipped to "),
+        "{uploads:?}"
+    );
+
+    // The audit upload fails: logged, the deploy stands.
+    gh.fail_uploads
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    gh.release("v1.2.0", vec![(name.clone(), tar_gz(&[("app", b"three")]))]);
+    let out = run_with_timeout(&mut c, None, DEFAULT_TIMEOUT_SECS);
+    out.assert_ok();
+    out.assert_stderr_contains("Report shipping failure");
+    assert_eq!(fs::read(host.path().join("current/app")).unwrap(), b"three");
+}
+
+/// A `dewy.RegistryService` (tonic's server half over hyper HTTP/2, the sources crate's
+/// message types) answering one release, recording reports; on its own runtime thread.
+mod grpc_registry {
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use sources::grpc::proto::{
+        CURRENT_PATH, CurrentRequest, CurrentResponse, REPORT_PATH, ReportRequest,
+    };
+    use tonic::server::{Grpc, UnaryService};
+    use tonic_prost::ProstCodec;
+
+    #[derive(Default)]
+    pub struct State {
+        pub answer: Option<CurrentResponse>,
+        pub reports: Vec<ReportRequest>,
+    }
+    pub type Shared = Arc<Mutex<State>>;
+    type BoxFut<T> =
+        Pin<Box<dyn Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send>>;
+
+    struct Current(Shared);
+    impl UnaryService<CurrentRequest> for Current {
+        type Response = CurrentResponse;
+        type Future = BoxFut<CurrentResponse>;
+        fn call(&mut self, _req: tonic::Request<CurrentRequest>) -> Self::Future {
+            let answer = self.0.lock().unwrap().answer.clone();
+            Box::pin(async move {
+                answer
+                    .map(tonic::Response::new)
+                    .ok_or_else(|| tonic::Status::not_found("no release"))
+            })
+        }
+    }
+
+    struct Report(Shared);
+    impl UnaryService<ReportRequest> for Report {
+        type Response = ();
+        type Future = BoxFut<()>;
+        fn call(&mut self, req: tonic::Request<ReportRequest>) -> Self::Future {
+            self.0.lock().unwrap().reports.push(req.into_inner());
+            Box::pin(async { Ok(tonic::Response::new(())) })
+        }
+    }
+
+    /// Serves on a free loopback port until the process ends; returns (port, state).
+    pub fn start() -> (u16, Shared) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let shared = Shared::default();
+        let state = shared.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let reg = shared.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(
+                            move |req: hyper::Request<hyper::body::Incoming>| {
+                                let reg = reg.clone();
+                                async move {
+                                    let resp = match req.uri().path() {
+                                        CURRENT_PATH => {
+                                            Grpc::new(ProstCodec::default())
+                                                .unary(Current(reg), req)
+                                                .await
+                                        }
+                                        REPORT_PATH => {
+                                            Grpc::new(ProstCodec::default())
+                                                .unary(Report(reg), req)
+                                                .await
+                                        }
+                                        _ => tonic::Status::unimplemented("no such method")
+                                            .into_http(),
+                                    };
+                                    Ok::<_, Infallible>(resp)
+                                }
+                            },
+                        );
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            });
+        });
+        (port, state)
+    }
+}
+
+#[test]
+fn grpc_release_from_s3_deploys_and_reports() {
+    let moto = Moto::start();
+    moto.bucket("rel");
+    let v1 = tar_gz(&[("app", b"grpc one")]);
+    moto.put("rel", "v1.0.0/app.tar.gz", &v1);
+    let (port, state) = grpc_registry::start();
+    state.lock().unwrap().answer = Some(sources::grpc::proto::CurrentResponse {
+        id: "20260719T163215Z".into(),
+        tag: "v1.0.0".into(),
+        artifact_url: format!(
+            "s3://us-east-1/rel/v1.0.0/app.tar.gz?endpoint={}",
+            moto.url()
+        ),
+        created_at: None,
+    });
+    let host = Host::new();
+    let out = host.once(&format!("grpc://127.0.0.1:{port}?no-tls=true"), &[]);
+    out.assert_ok();
+    assert_eq!(
+        fs::read(host.path().join("current/app")).unwrap(),
+        b"grpc one"
+    );
+    let st = state.lock().unwrap();
+    assert_eq!(st.reports.len(), 1);
+    assert_eq!(st.reports[0].id, "20260719T163215Z");
+    assert_eq!(st.reports[0].tag, "v1.0.0");
+}

@@ -63,11 +63,13 @@ pub fn build_source(url: &RegistryUrl) -> Result<Source, SourceError> {
         RegistryUrl::Img { .. } => Source::Img(sources::img::ImgSource::new(url, http)?),
         RegistryUrl::S3 { .. } => Source::S3(sources::s3::S3Source::new(url, &http, env)?),
         RegistryUrl::Gs { .. } => Source::Gs(sources::gs::GsSource::new(url, &http, env)?),
-        RegistryUrl::Ghr { .. } | RegistryUrl::Grpc { .. } => {
-            return Err(SourceError::Permanent(format!(
-                "{}:// is not wired into deploy-agent yet",
-                url.scheme()
-            )));
+        RegistryUrl::Ghr { .. } => {
+            Source::Ghr(sources::ghr::GhrSource::from_url(url, http, &|k| {
+                std::env::var(k).ok()
+            })?)
+        }
+        RegistryUrl::Grpc { .. } => {
+            Source::Grpc(sources::grpc::GrpcSource::from_url(url, http, env)?)
         }
         RegistryUrl::Ssh { .. } => {
             return Err(SourceError::Permanent(
@@ -508,7 +510,9 @@ impl ReleaseAgent {
         let res = match &self.source {
             Source::S3(s) => s.report(tag, &info).await.map(|_| ()),
             Source::Gs(s) => s.report(tag, &info).await.map(|_| ()),
-            _ => Ok(()),
+            Source::Ghr(s) => s.report(tag, &info).await.map(|_| ()),
+            Source::Grpc(s) => s.report(tag, Command::Assets).await,
+            Source::Img(_) => Ok(()),
         };
         if let Err(e) = res {
             tracing::error!(tag, "Report shipping failure: {e}");
