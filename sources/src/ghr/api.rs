@@ -30,6 +30,8 @@ const PER_PAGE: u32 = 100;
 const MAX_PAGES: usize = 100;
 /// Largest page body we read (100 releases with long notes and many assets fit well within).
 const MAX_PAGE_BYTES: usize = 32 << 20;
+/// Largest whole listing we read: what is kept in memory between polls.
+const MAX_LISTING_BYTES: usize = 128 << 20;
 /// Largest error, token or single-release body we read.
 const MAX_SMALL_BYTES: usize = 1 << 20;
 /// The public API.
@@ -157,6 +159,7 @@ impl GitHub {
             .append_pair("per_page", &PER_PAGE.to_string());
         let what = format!("releases of {owner}/{repo}");
         let mut releases = Vec::new();
+        let mut budget = MAX_LISTING_BYTES;
         let mut first_etag = None;
         for page in 0..MAX_PAGES {
             let mut req = self.request(Method::GET, url.clone()).await?;
@@ -178,7 +181,8 @@ impl GitHub {
                     .map(str::to_string);
             }
             let next = next_link(resp.headers());
-            let body = http::read_bounded(resp, MAX_PAGE_BYTES).await?;
+            let body = http::read_bounded(resp, MAX_PAGE_BYTES.min(budget)).await?;
+            budget -= body.len();
             let batch: Vec<GhRelease> = serde_json::from_slice(&body).map_err(|e| {
                 SourceError::Permanent(format!("{what}: unexpected answer from GitHub: {e}"))
             })?;
