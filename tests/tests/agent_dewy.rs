@@ -1282,3 +1282,66 @@ fn grpc_release_from_s3_deploys_and_reports() {
     assert_eq!(st.reports[0].id, "20260719T163215Z");
     assert_eq!(st.reports[0].tag, "v1.0.0");
 }
+
+#[test]
+fn dewy_cache_key_stands_in_for_the_download_and_a_failing_script_changes_nothing() {
+    let moto = Moto::start();
+    moto.bucket("rel");
+    let host = Host::new();
+    let registry = format!("s3://us-east-1/rel?endpoint={}", moto.url());
+    let name = format!("app_linux_{}.tar.gz", goarch());
+    moto.put(
+        "rel",
+        &format!("v1.0.0/{name}"),
+        &tar_gz(&[("app", b"from s3")]),
+    );
+    // A cache shared with Go Dewy already holds this release's artifact under its key.
+    let shared = tempfile::tempdir().unwrap();
+    let cached = tar_gz(&[("app", b"from the dewy cache")]);
+    fs::write(shared.path().join(format!("v1.0.0--{name}")), &cached).unwrap();
+    let mut c = host.command(&registry, &["-once"]);
+    c.env("DEWY_CACHEDIR", shared.path());
+    let out = run_with_timeout(&mut c, None, DEFAULT_TIMEOUT_SECS);
+    out.assert_ok();
+    out.assert_stderr_contains("layers fetched from the registry: 0 of 1");
+    assert_eq!(
+        fs::read(host.path().join("current/app")).unwrap(),
+        b"from the dewy cache"
+    );
+    assert_eq!(
+        fs::read_to_string(shared.path().join("current")).unwrap(),
+        format!("v1.0.0--{name}")
+    );
+    assert!(
+        host.path()
+            .join("cache")
+            .join(sha256_hex(&cached))
+            .is_file()
+    );
+
+    // The deploy script fails for the next release: current, state and releases stay.
+    moto.put(
+        "rel",
+        &format!("v2.0.0/{name}"),
+        &tar_gz(&[("app", b"two")]),
+    );
+    fs::write(
+        host.path().join("deploy.sh"),
+        "#!/bin/sh\necho nope >&2\nexit 3\n",
+    )
+    .unwrap();
+    let before = (host.current(), host.releases());
+    let state = fs::read_to_string(host.path().join("state.json")).unwrap();
+    let out = host.once(&registry, &[]);
+    out.assert_code(1);
+    out.assert_stderr_contains("call failure");
+    assert_eq!((host.current(), host.releases()), before);
+    assert_eq!(
+        fs::read_to_string(host.path().join("state.json")).unwrap(),
+        state
+    );
+    assert_eq!(
+        fs::read(host.path().join("current/app")).unwrap(),
+        b"from the dewy cache"
+    );
+}
