@@ -365,6 +365,31 @@ async fn rate_limit_is_transient_with_the_reset_time_and_no_further_requests() {
 }
 
 #[tokio::test]
+async fn secondary_rate_limit_retry_after_is_honoured() {
+    let gh = GitHub::start().await;
+    gh.state()
+        .add_release("v1.0.0", hours(5), &platform_assets());
+    {
+        let mut st = gh.state();
+        st.fail_with = Some((
+            403,
+            "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+        ));
+        st.retry_after = Some(30);
+    }
+    match source(&gh, "").current().await {
+        Err(SourceError::Transient {
+            message,
+            retry_after,
+        }) => {
+            assert_eq!(retry_after, Some(Duration::from_secs(30)));
+            assert!(message.contains("secondary rate limit"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn outage_and_server_errors_are_transient() {
     let gh = GitHub::start().await;
     gh.state().fail_with = Some((503, "Service Unavailable"));

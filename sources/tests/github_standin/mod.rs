@@ -77,6 +77,8 @@ pub struct State {
     pub rate_reset: i64,
     /// Answer every API request with this status (outage, 403 forbidden).
     pub fail_with: Option<(u16, &'static str)>,
+    /// `Retry-After` seconds sent with `fail_with` (GitHub's secondary rate limits).
+    pub retry_after: Option<u64>,
     pub seen: Vec<Seen>,
     /// `Authorization` headers (or None) the storage host received.
     pub storage_auth: Vec<Option<String>>,
@@ -178,6 +180,7 @@ impl GitHub {
             rate_remaining: 5000,
             rate_reset: OffsetDateTime::now_utc().unix_timestamp() + 3600,
             fail_with: None,
+            retry_after: None,
             seen: Vec::new(),
             storage_auth: Vec::new(),
             storage_ranges: Vec::new(),
@@ -451,7 +454,12 @@ fn route(
         );
     }
     if let Some((status, text)) = st.fail_with {
-        return message(status, text);
+        let mut r = message(status, text);
+        if let Some(secs) = st.retry_after {
+            r.headers_mut()
+                .insert("retry-after", secs.to_string().parse().unwrap());
+        }
+        return r;
     }
     let repo_parts = match parts.as_slice() {
         ["repos", o, r, rest @ ..] if *o == OWNER && *r == REPO => rest.to_vec(),
