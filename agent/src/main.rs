@@ -53,17 +53,6 @@ fn fatal(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// Go's text for an errno: `no such file or directory`.
-fn go_errno(e: &std::io::Error) -> String {
-    let msg = e.to_string();
-    let msg = msg.split(" (os error").next().unwrap_or(&msg).to_string();
-    let mut c = msg.chars();
-    match c.next() {
-        Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
-        None => msg,
-    }
-}
-
 /// Spec 3.2 step 3: a non-blocking exclusive flock on the directory, held for the whole run.
 fn lock_dir(dir: &Path) -> Result<OwnedFd, String> {
     let quoted = common::gostr::quote(&dir.to_string_lossy());
@@ -75,13 +64,13 @@ fn lock_dir(dir: &Path) -> Result<OwnedFd, String> {
     .map_err(|e| {
         format!(
             "cannot acquire exclusive lock on {quoted}: {}",
-            go_errno(&e.into())
+            common::goerr::errno_text(&e.into())
         )
     })?;
     rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|e| {
         format!(
             "cannot acquire exclusive lock on {quoted}: {}",
-            go_errno(&e.into())
+            common::goerr::errno_text(&e.into())
         )
     })?;
     Ok(fd)
@@ -116,7 +105,11 @@ fn main() -> ExitCode {
             .mode(0o755)
             .create(&opts.dir)
         {
-            return fatal(format!("mkdir {}: {}", opts.dir.display(), go_errno(&e)));
+            return fatal(format!(
+                "mkdir {}: {}",
+                opts.dir.display(),
+                common::goerr::errno_text(&e)
+            ));
         }
     }
     let _lock = match lock_dir(&opts.dir) {
@@ -138,7 +131,11 @@ fn main() -> ExitCode {
         }
     };
     if let Err(e) = std::fs::read(&opts.key) {
-        return fatal(format!("open {}: {}", opts.key.display(), go_errno(&e)));
+        return fatal(format!(
+            "open {}: {}",
+            opts.key.display(),
+            common::goerr::errno_text(&e)
+        ));
     }
     let target = client::Target {
         addr: opts.addr.clone(),

@@ -188,17 +188,7 @@ fn go_exec_error(script: &str, e: &std::io::Error) -> String {
     if !script.contains('/') && e.kind() == std::io::ErrorKind::NotFound {
         return format!("exec: {script:?}: executable file not found in $PATH");
     }
-    format!("fork/exec {script}: {}", go_errno(e))
-}
-
-fn go_errno(e: &std::io::Error) -> String {
-    let msg = e.to_string();
-    let msg = msg.split(" (os error").next().unwrap_or(&msg).to_string();
-    let mut c = msg.chars();
-    match c.next() {
-        Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
-        None => msg,
-    }
+    format!("fork/exec {script}: {}", common::goerr::errno_text(e))
 }
 
 struct RemoveOnDrop(PathBuf);

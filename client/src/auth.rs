@@ -124,7 +124,7 @@ fn key_error(e: &russh::keys::Error) -> String {
         russh::keys::Error::KeyIsEncrypted => {
             "the key is encrypted; use an unencrypted key or load it into ssh-agent".into()
         }
-        russh::keys::Error::IO(io) => crate::hostkey::go_io_error(io),
+        russh::keys::Error::IO(io) => common::goerr::errno_text(io),
         other => other.to_string(),
     }
 }

@@ -51,8 +51,9 @@ impl Checker {
     /// `knownhosts.New` does).
     pub fn preflight(&self) -> anyhow::Result<()> {
         if let HostCheck::KnownHosts(path) = &self.check {
-            std::fs::File::open(path)
-                .map_err(|e| anyhow::anyhow!("open {}: {}", path.display(), go_io_error(&e)))?;
+            std::fs::File::open(path).map_err(|e| {
+                anyhow::anyhow!("open {}: {}", path.display(), common::goerr::errno_text(&e))
+            })?;
         }
         Ok(())
     }
@@ -83,7 +84,7 @@ impl Checker {
 
     fn check_known_hosts(&self, path: &Path, key: &PublicKey, seen: &str) -> Result<(), String> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("open {}: {}", path.display(), go_io_error(&e)))?;
+            .map_err(|e| format!("open {}: {}", path.display(), common::goerr::errno_text(&e)))?;
         if revoked(&text, key) {
             return Err(format!(
                 "host key {seen} is marked @revoked in {}",
@@ -138,20 +139,6 @@ fn revoked(text: &str, key: &PublicKey) -> bool {
         b64.and_then(|b| russh::keys::parse_public_key_base64(b).ok())
             .is_some_and(|k| k.key_data() == key.key_data())
     })
-}
-
-/// An I/O error as Go prints it: `no such file or directory`, without Rust's `(os error 2)`.
-pub fn go_io_error(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    let s = match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    };
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(c) => c.to_lowercase().chain(chars).collect(),
-        None => s,
-    }
 }
 
 /// `$HOME/.ssh/known_hosts`.

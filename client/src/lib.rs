@@ -128,9 +128,9 @@ impl Connection {
         let addr = target.addr.clone();
         let user = target.user.clone();
         let work = async move {
-            let stream = tokio::net::TcpStream::connect(&addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("dial tcp {addr}: {}", hostkey::go_io_error(&e)))?;
+            let stream = tokio::net::TcpStream::connect(&addr).await.map_err(|e| {
+                anyhow::anyhow!("dial tcp {addr}: {}", common::goerr::errno_text(&e))
+            })?;
             let _ = stream.set_nodelay(true);
             let mut handle = match russh::client::connect_stream(config, stream, handler).await {
                 Ok(h) => h,

@@ -7,6 +7,7 @@
 //! - [`timefmt`]: the Go time layouts the original used (RFC3339 seconds, RFC3339Nano trimmed).
 //! - [`gojson`]: JSON bytes exactly as Go's `encoding/json` writes them.
 //! - [`config`]: `Configuration` / `ComponentVersion`, their JSON, and the configuration hash.
+//! - [`goerr`]: Go's texts for OS errors.
 //! - [`goflag`]: the Go `flag` package's parsing and usage texts, for every command line we accept.
 //! - [`shellwords`]: console line splitting (go-shellwords v1.0.10) and safe re-quoting.
 //! - [`gostr`]: Go's `%q` quoting.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod console;
 pub mod dewy;
 pub mod digest;
+pub mod goerr;
 pub mod goflag;
 pub mod gojson;
 pub mod gostr;

@@ -10,11 +10,7 @@ use crate::progress;
 /// Opens and checks the archive; errors read `file validation failed: ...` as the original's.
 pub fn check_file(path: &Path) -> anyhow::Result<Checked> {
     let f = std::fs::File::open(path).map_err(|e| {
-        anyhow::anyhow!(
-            "open {}: {}",
-            path.display(),
-            client::hostkey::go_io_error(&e)
-        )
+        anyhow::anyhow!("open {}: {}", path.display(), common::goerr::errno_text(&e))
     })?;
     archive::check(f).map_err(|e| anyhow::anyhow!("file validation failed: {e}"))
 }
@@ -31,11 +27,7 @@ pub async fn upload(
     // The name is ignored by the registry (every write-open is a fresh upload).
     let mut remote = sftp.create("upload").await.map_err(|e| failure(&e))?;
     let mut local = tokio::fs::File::open(path).await.map_err(|e| {
-        anyhow::anyhow!(
-            "open {}: {}",
-            path.display(),
-            client::hostkey::go_io_error(&e)
-        )
+        anyhow::anyhow!("open {}: {}", path.display(), common::goerr::errno_text(&e))
     })?;
     let mut bar =
         progress::stdout_is_tty().then(|| progress::Bar::new(std::io::stdout(), checked.size));
