@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::{Cache, CacheError};
 use crate::cli::Options;
 use crate::registry_source::RegistrySource;
-use crate::state::{self, Loaded};
+use crate::state;
 use crate::{activate, script, unpack};
 
 /// How a cycle ended (errors aside).
@@ -89,16 +89,7 @@ impl Agent {
     }
 
     pub async fn cycle(&mut self) -> anyhow::Result<Outcome> {
-        let local = state::load(&self.opts.state);
-        if let Loaded::Corrupt(why) = &local {
-            if self.corrupt_reported.as_deref() != Some(why) {
-                tracing::error!(
-                    "state file {:?} is unreadable ({why}); treating it as empty until a successful deploy replaces it",
-                    self.opts.state
-                );
-            }
-            self.corrupt_reported = Some(why.clone());
-        }
+        let local = state::load_reporting(&self.opts.state, &mut self.corrupt_reported);
         let bytes = self.source.fetch_config(&self.opts.name).await?;
         let remote = Configuration::from_json(&bytes)?;
         validate(&remote)?;
@@ -242,7 +233,10 @@ impl Agent {
                 let path = self.cache.path(&l.hash);
                 inputs.push(unpack::LayerInput::File { hash, path });
             } else {
-                let (writer, reader) = unpack::stream();
+                let (mut writer, reader) = unpack::stream();
+                if remote.layers.iter().filter(|o| o.hash == l.hash).count() > 1 {
+                    writer = writer.once_stored();
+                }
                 downloads.push((hash.clone(), writer));
                 inputs.push(unpack::LayerInput::Stream { hash, reader });
             }

@@ -9,6 +9,7 @@
 //! - [`registry_source`]: `configs/<name>.json` and `files/<hash>` over one kept SSH connection.
 //! - [`cache`]: `cache/<sha256>` blobs, verified, resumable, cleaned by reachability.
 //! - [`unpack`]: layers → `unpacked/<id>` (safe extraction, staging, durability).
+//! - [`signals`]: SIGINT/SIGTERM as a cancellation token.
 //! - [`script`]: the deploy script contract (environment, timeout, process group, logged output).
 //! - [`activate`]: the `current` symlink and `-cleanold`.
 //! - [`state`]: the state file, written atomically and durably.
@@ -20,5 +21,6 @@ pub mod cli;
 pub mod dewy;
 pub mod registry_source;
 pub mod script;
+pub mod signals;
 pub mod state;
 pub mod unpack;

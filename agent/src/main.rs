@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use agent::agent::Agent;
 use agent::cli::{self, LogFormat, Options, Parse};
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
 
@@ -154,23 +153,7 @@ fn main() -> ExitCode {
         Err(e) => return fatal(format!("cannot start the runtime: {e}")),
     };
     let ok = rt.block_on(async move {
-        let cancel = CancellationToken::new();
-        let signals = cancel.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
-            tokio::select! {
-                _ = int.recv() => tracing::info!("interrupt"),
-                _ = term.recv() => tracing::info!("terminated"),
-            }
-            signals.cancel();
-        });
+        let cancel = agent::signals::cancel_on_signals();
         Agent::new(opts, target, cancel).run().await
     });
     if ok {

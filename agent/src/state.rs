@@ -44,6 +44,21 @@ pub fn load(path: &Path) -> Loaded {
     }
 }
 
+/// [`load`], logging a corrupt state file once per distinct reason (`reported` remembers the
+/// last one across polls) rather than on every poll (B16: the agent goes on as if empty).
+pub fn load_reporting(path: &Path, reported: &mut Option<String>) -> Loaded {
+    let local = load(path);
+    if let Loaded::Corrupt(why) = &local {
+        if reported.as_deref() != Some(why) {
+            tracing::error!(
+                "state file {path:?} is unreadable ({why}); treating it as empty until a successful deploy replaces it"
+            );
+        }
+        *reported = Some(why.clone());
+    }
+    local
+}
+
 /// Writes `contents` to `path` atomically and durably, with `mode`.
 pub fn write_durably(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let dir = match path.parent() {

@@ -101,23 +101,7 @@ pub fn main(opts: Options, url: RegistryUrl) -> ExitCode {
                 return false;
             }
         };
-        let cancel = CancellationToken::new();
-        let signals = cancel.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
-            tokio::select! {
-                _ = int.recv() => tracing::info!("interrupt"),
-                _ = term.recv() => tracing::info!("terminated"),
-            }
-            signals.cancel();
-        });
+        let cancel = crate::signals::cancel_on_signals();
         ReleaseAgent::new(opts, url.to_string(), source, cancel)
             .run()
             .await
@@ -216,16 +200,7 @@ impl ReleaseAgent {
     }
 
     pub async fn cycle(&mut self) -> anyhow::Result<Outcome> {
-        let local = state::load(&self.opts.state);
-        if let Loaded::Corrupt(why) = &local {
-            if self.corrupt_reported.as_deref() != Some(why) {
-                tracing::error!(
-                    "state file {:?} is unreadable ({why}); treating it as empty until a successful deploy replaces it",
-                    self.opts.state
-                );
-            }
-            self.corrupt_reported = Some(why.clone());
-        }
+        let local = state::load_reporting(&self.opts.state, &mut self.corrupt_reported);
         let release = match self.source.current().await {
             Ok(r) => r,
             Err(SourceError::ArtifactNotFound {
