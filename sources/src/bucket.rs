@@ -9,7 +9,7 @@ use common::dewy::listing;
 use common::dewy::version::{self, Version};
 use common::timefmt::OffsetDateTime;
 
-use crate::SourceError;
+use crate::{Layer, LayerKind, Release, SourceError};
 
 /// The environment a source reads (`AWS_*`, `GOOGLE_APPLICATION_CREDENTIALS`,
 /// `STORAGE_EMULATOR_HOST`): a lookup, so tests need not change the process environment.
@@ -139,6 +139,36 @@ impl Choice<'_> {
 
     pub fn kind(&self) -> ArtifactKind {
         ArtifactKind::of(self.file_name())
+    }
+
+    /// The release this choice makes: one layer, the artifact at `locator`, whose digest is
+    /// the one `checksums` (the bytes of [`Choice::checksum`]'s file, read by the caller's
+    /// store) states for it.
+    pub fn release(
+        &self,
+        chosen: &ChosenVersion,
+        checksums: Option<&[u8]>,
+        locator: String,
+    ) -> Result<Release, SourceError> {
+        let digest = match (&self.checksum, checksums) {
+            (Some((_, name)), Some(bytes)) => {
+                let file_name = name.rsplit('/').next().unwrap_or(name);
+                Some(expected_digest(self.file_name(), file_name, bytes)?)
+            }
+            _ => None,
+        };
+        Ok(Release {
+            tag: chosen.version.render(),
+            created_at: self.artifact.time,
+            slot: chosen.version.slot().to_string(),
+            layers: vec![Layer {
+                name: self.file_name().to_string(),
+                digest,
+                size: Some(self.artifact.size),
+                kind: LayerKind::Artifact(self.kind()),
+                locator,
+            }],
+        })
     }
 }
 

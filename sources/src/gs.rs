@@ -14,7 +14,7 @@ use common::dewy::url::RegistryUrl;
 
 use crate::bucket::{self, Env, Selection};
 use crate::http::HttpClient;
-use crate::{ByteStream, Layer, LayerKind, Release, SourceError};
+use crate::{ByteStream, Layer, Release, SourceError};
 
 /// A configured `gs://` registry.
 pub struct GsSource {
@@ -74,33 +74,16 @@ impl GsSource {
         let choice = self
             .selection
             .choose_artifact(&chosen, &objects, &self.platform)?;
-        let digest = match &choice.checksum {
-            Some((file, name)) => {
-                let bytes = self
-                    .api
+        let checksums = match &choice.checksum {
+            Some((file, _)) => Some(
+                self.api
                     .read_small(&self.bucket, &file.key, bucket::MAX_CHECKSUM_FILE)
-                    .await?;
-                let file_name = name.rsplit('/').next().unwrap_or(name);
-                Some(bucket::expected_digest(
-                    choice.file_name(),
-                    file_name,
-                    &bytes,
-                )?)
-            }
+                    .await?,
+            ),
             None => None,
         };
-        Ok(Release {
-            tag: chosen.version.render(),
-            created_at: choice.artifact.time,
-            slot: chosen.version.slot().to_string(),
-            layers: vec![Layer {
-                name: choice.file_name().to_string(),
-                digest,
-                size: Some(choice.artifact.size),
-                kind: LayerKind::Artifact(choice.kind()),
-                locator: format!("gs://{}/{}", self.bucket, choice.artifact.key),
-            }],
-        })
+        let locator = format!("gs://{}/{}", self.bucket, choice.artifact.key);
+        choice.release(&chosen, checksums.as_deref(), locator)
     }
 
     /// The layer's bytes from `offset` on. The locator is a `gs://` artifact URL (any bucket:

@@ -18,7 +18,7 @@ use object_store::{Attribute, Attributes, GetOptions, GetRange, ObjectStore, Put
 
 use crate::bucket::{self, Env, Object, Selection};
 use crate::http::HttpClient;
-use crate::{ByteStream, Layer, LayerKind, Release, SourceError};
+use crate::{ByteStream, Layer, Release, SourceError};
 
 pub use store::Endpoint;
 pub(crate) use store::Shared as SharedConnector;
@@ -82,38 +82,21 @@ impl S3Source {
         let choice = self
             .selection
             .choose_artifact(&chosen, &objects, &self.platform)?;
-        let digest = match &choice.checksum {
-            Some((file, name)) => {
-                let bytes = self
-                    .store
+        let checksums = match &choice.checksum {
+            Some((file, _)) => Some(
+                self.store
                     .read_small(&file.key, bucket::MAX_CHECKSUM_FILE)
-                    .await?;
-                let file_name = name.rsplit('/').next().unwrap_or(name);
-                Some(bucket::expected_digest(
-                    choice.file_name(),
-                    file_name,
-                    &bytes,
-                )?)
-            }
+                    .await?,
+            ),
             None => None,
         };
-        Ok(Release {
-            tag: chosen.version.render(),
-            created_at: choice.artifact.time,
-            slot: chosen.version.slot().to_string(),
-            layers: vec![Layer {
-                name: choice.file_name().to_string(),
-                digest,
-                size: Some(choice.artifact.size),
-                kind: LayerKind::Artifact(choice.kind()),
-                locator: locator(
-                    &self.store.region,
-                    &self.store.bucket,
-                    &choice.artifact.key,
-                    self.store.endpoint.url_option(),
-                ),
-            }],
-        })
+        let locator = locator(
+            &self.store.region,
+            &self.store.bucket,
+            &choice.artifact.key,
+            self.store.endpoint.url_option(),
+        );
+        choice.release(&chosen, checksums.as_deref(), locator)
     }
 
     /// The layer's bytes from `offset` on (a ranged GET). The locator is an `s3://` artifact
