@@ -240,6 +240,15 @@ impl Cache {
                 actual,
             });
         }
+        // The bytes are verified: the unpacker may finish this layer while the blob is made
+        // durable (unless something needs the blob itself in place first).
+        let tap = match tap {
+            Some(t) if !t.is_once_stored() => {
+                t.verified().await;
+                None
+            }
+            other => other,
+        };
         out.sync_data()
             .await
             .map_err(io_err("cannot sync", &partial))?;

@@ -21,7 +21,10 @@ enum Msg {
 pub fn stream() -> (StreamWriter, StreamReader) {
     let (tx, rx) = mpsc::channel(DEPTH);
     (
-        StreamWriter { tx: Some(tx) },
+        StreamWriter {
+            tx: Some(tx),
+            once_stored: false,
+        },
         StreamReader {
             rx,
             chunk: Vec::new(),
@@ -36,9 +39,21 @@ pub struct StreamWriter {
     /// `None` once the reader is gone (the unpacker failed or finished early): the download
     /// still completes into the cache, the bytes just have nowhere else to go.
     tx: Option<mpsc::Sender<Msg>>,
+    once_stored: bool,
 }
 
 impl StreamWriter {
+    /// Ends the stream only once the blob is also in place in the cache, not as soon as it
+    /// verified: for a blob the configuration lists again, whose second use opens the file.
+    pub fn once_stored(mut self) -> StreamWriter {
+        self.once_stored = true;
+        self
+    }
+
+    pub fn is_once_stored(&self) -> bool {
+        self.once_stored
+    }
+
     /// Passes on the next bytes of the blob; waits while the unpacker is behind.
     pub async fn send(&mut self, data: &[u8]) {
         if let Some(tx) = &self.tx
