@@ -13,14 +13,28 @@
 //! - [`script`]: the deploy script contract (environment, timeout, process group, logged output).
 //! - [`activate`]: the `current` symlink and `-cleanold`.
 //! - [`state`]: the state file, written atomically and durably.
+//!
+//! Dewy's command words (`server`, `assets`, `container`; [`dewy::mode`]) add:
+//!
+//! - [`supervise`]: server mode's worker, on inherited sockets, restarted gracefully.
+//! - [`container`]: container mode (docker/podman CLI, rolling update, TCP proxy).
+//! - [`hooks`]: before/after-deploy hooks.
+//! - [`notify`]: Slack and mail notifications with Dewy's error limiting.
+//! - [`metrics`], [`admin`]: Prometheus metrics and the local admin API.
 
 pub mod activate;
+pub mod admin;
 pub mod agent;
 pub mod cache;
 pub mod cli;
+pub mod container;
 pub mod dewy;
+pub mod hooks;
+pub mod metrics;
+pub mod notify;
 pub mod registry_source;
 pub mod script;
 pub mod signals;
 pub mod state;
+pub mod supervise;
 pub mod unpack;

@@ -11,6 +11,7 @@
 //! `<dir>/current` symlink ([`releases`]), the newest 7 releases kept.
 
 pub mod convert;
+pub mod mode;
 pub mod releases;
 pub mod store;
 

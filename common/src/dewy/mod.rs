@@ -14,6 +14,8 @@
 //! - [`report`]: response IDs and audit file names of a successful deploy (1.2, 4).
 //! - [`checksum`]: SHA-256 checksum files next to artifacts (post-2.19, 12).
 //! - [`cachekey`]: cache keys, release directory names, which releases to keep (3.4, 6.3, 8.3).
+//! - [`cli`]: the `server`/`assets`/`container` command line and its `-p` grammars (8.1, 9.2, 9.4).
+//! - [`notify`]: notification texts, the error limiter, slack/mail URLs and layouts (7).
 //!
 //! Nothing here does I/O or reads the clock or the environment: callers pass listings, times
 //! and lookups in, which keeps every rule testable against Dewy's behaviour.
@@ -23,8 +25,10 @@ pub mod artifact_url;
 pub mod cachekey;
 pub mod calver;
 pub mod checksum;
+pub mod cli;
 mod goquery;
 pub mod listing;
+pub mod notify;
 #[cfg(test)]
 mod oracle_tests;
 pub mod report;
