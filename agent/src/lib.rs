@@ -30,6 +30,7 @@ pub mod cli;
 pub mod container;
 pub mod dewy;
 pub mod hooks;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod registry_source;

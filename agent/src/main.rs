@@ -6,45 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use agent::agent::Agent;
-use agent::cli::{self, LogFormat, Options, Parse};
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::time::FormatTime;
-
-/// Go's `log.LstdFlags` prefix, `2026/11/22 07:26:29`, in UTC.
-struct LstdTime;
-
-impl FormatTime for LstdTime {
-    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
-        let t = common::timefmt::now();
-        write!(
-            w,
-            "{:04}/{:02}/{:02} {:02}:{:02}:{:02}",
-            t.year(),
-            t.month() as u8,
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        )
-    }
-}
-
-fn init_logging(opts: &Options) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&opts.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match opts.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder
-            .with_timer(LstdTime)
-            .with_target(false)
-            .with_level(false)
-            .with_ansi(false)
-            .init(),
-    }
-}
+use agent::cli::{self, LogFormat, Parse};
 
 /// `log.Fatal`: one line, exit 1.
 fn fatal(msg: impl std::fmt::Display) -> ExitCode {
@@ -77,6 +39,12 @@ fn lock_dir(dir: &Path) -> Result<OwnedFd, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args
+        .first()
+        .is_some_and(|w| common::dewy::cli::is_command_word(w))
+    {
+        return agent::dewy::mode::main(&args);
+    }
     let mut opts = match cli::parse(&args) {
         Parse::Run(o) => *o,
         Parse::Exit(msg, code) => {
@@ -84,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_logging(&opts);
+    agent::logging::init(&opts.log_level, opts.log_format == LogFormat::Json);
     // `-registry`: ssh:// becomes -addr/-name; a Dewy source runs its own loop below.
     let dewy = match agent::dewy::resolve(&mut opts) {
         Ok(d) => d,

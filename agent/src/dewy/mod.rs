@@ -137,6 +137,8 @@ pub struct ReleaseAgent {
     script_backoff: Option<ScriptBackoff>,
     /// The state file's last reported defect, so it is logged once, not every poll.
     corrupt_reported: Option<String>,
+    /// Dewy's command words: hooks, notifications, metrics, the server worker.
+    lifecycle: Option<mode::Lifecycle>,
 }
 
 impl ReleaseAgent {
@@ -158,13 +160,54 @@ impl ReleaseAgent {
             failures: 0,
             script_backoff: None,
             corrupt_reported: None,
+            lifecycle: None,
         }
+    }
+
+    pub fn with_lifecycle(mut self, lifecycle: mode::Lifecycle) -> ReleaseAgent {
+        self.lifecycle = Some(lifecycle);
+        self
     }
 
     /// Polls until cancelled. With `-once`, runs one cycle and returns its success.
     pub async fn run(&mut self) -> bool {
+        self.run_inner(None).await
+    }
+
+    /// [`ReleaseAgent::run`], also restarting the server worker between polls whenever
+    /// `restarts` is notified (SIGHUP; SIGUSR1 when `usr1` is set, which also notifies).
+    pub async fn run_with_restarts(
+        &mut self,
+        restarts: &tokio::sync::Notify,
+        usr1: &AtomicBool,
+    ) -> bool {
+        self.run_inner(Some((restarts, usr1))).await
+    }
+
+    async fn run_inner(&mut self, restarts: Option<(&tokio::sync::Notify, &AtomicBool)>) -> bool {
         loop {
+            let started = Instant::now();
             let res = self.cycle().await;
+            if let Some(lc) = &mut self.lifecycle
+                && !self.cancel.is_cancelled()
+            {
+                if let Ok(Outcome::Deployed(_)) = &res {
+                    // The tag is in the admin status already; the duration is the tick's.
+                    let tag = lc
+                        .ctx
+                        .admin
+                        .status
+                        .lock()
+                        .map(|s| s.current_version.clone())
+                        .unwrap_or_default();
+                    lc.deployed(&tag, started.elapsed());
+                }
+                let tick = match &res {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(anyhow::anyhow!("{}", describe(e))),
+                };
+                lc.tick_done(&tick).await;
+            }
             let mut retry_after = None;
             let ok = match &res {
                 Ok(_) => {
@@ -193,9 +236,23 @@ impl ReleaseAgent {
             if !ok {
                 tracing::debug!("next poll in {}", common::goflag::format_duration(wait));
             }
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.cancel.cancelled() => return true,
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = self.cancel.cancelled() => return true,
+                    _ = async {
+                        match restarts {
+                            Some((n, _)) => n.notified().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        let usr1 = restarts.is_some_and(|(_, u)| u.swap(false, Ordering::SeqCst));
+                        if let Some(lc) = &mut self.lifecycle {
+                            lc.signal_restart(usr1).await;
+                        }
+                    }
+                }
             }
         }
     }
@@ -225,7 +282,17 @@ impl ReleaseAgent {
         if release.layers.is_empty() {
             anyhow::bail!("release {} has no layers", release.tag);
         }
+        if let Some(lc) = &self.lifecycle
+            && lc.is_rejected(&release.tag)
+        {
+            tracing::debug!(tag = %release.tag, "Deploy skipped: this release failed its health check and was rolled back");
+            return Ok(Outcome::UpToDate);
+        }
         if self.is_current(&local, &release) {
+            if let Some(lc) = &mut self.lifecycle {
+                lc.ensure_running(&release.tag).await?;
+            }
+            tracing::debug!(tag = %release.tag, "Deploy skipped");
             return Ok(Outcome::UpToDate);
         }
         if self.opts.verbose {
@@ -237,7 +304,13 @@ impl ReleaseAgent {
         }
 
         let key = dewy_key(&release);
-        let hashes = self.fetch_layers(&release, key.as_deref()).await?;
+        let fetch_started = Instant::now();
+        let (hashes, fetched_bytes) = self.fetch_layers(&release, key.as_deref()).await?;
+        if let Some(lc) = &self.lifecycle {
+            lc.downloaded(&release.tag, fetched_bytes, fetch_started.elapsed())
+                .await;
+            lc.before_deploy().await?;
+        }
         let now = common::timefmt::now();
         let config = Configuration::new(
             self.name.clone(),
@@ -270,6 +343,9 @@ impl ReleaseAgent {
         let new_root = std::path::absolute(releases.join(&name))
             .context("cannot resolve the release directory")?;
         tracing::info!(tag = %release.tag, dir = %new_root.display(), "Extract archive");
+        if let Some(lc) = &self.lifecycle {
+            lc.on_deploy(&new_root);
+        }
 
         if let Some(script) = self.opts.script.clone() {
             let old_id = local.hash().to_string();
@@ -291,6 +367,9 @@ impl ReleaseAgent {
             }
         }
         self.script_backoff = None;
+        let previous = releases::current_target(&self.opts.dir)
+            .filter(|t| t.is_dir())
+            .zip(local.config().cloned());
         // `current` first, the state second: the state is what says "nothing to do" on the
         // next poll, so a crash in between only makes that poll deploy the release again.
         releases::switch_current(&self.opts.dir, &new_root).context("cannot switch current")?;
@@ -300,6 +379,10 @@ impl ReleaseAgent {
         self.corrupt_reported = None;
         if let (Some(key), [hash]) = (&key, hashes.as_slice()) {
             store::write_keys(&self.cache, &self.dewy_dir, key, hash);
+            tracing::info!(cache_key = %key, "Cached artifact");
+        }
+        if self.lifecycle.is_some() {
+            self.activate(&release.tag, previous).await?;
         }
         match releases::keep_newest(&self.opts.dir) {
             Ok(removed) if !removed.is_empty() => {
@@ -318,6 +401,67 @@ impl ReleaseAgent {
             tracing::error!("error cleaning cache directory: {}", describe(&e.into()));
         }
         Ok(Outcome::Deployed(config.hash))
+    }
+
+    /// Dewy's steps after `current` moved: the after-deploy hook, then (server mode) the
+    /// worker restarted on the new release and health-checked; on a failed check, `current`
+    /// and the state go back to the previous release, whose worker is started again, and the
+    /// hooks run again around it.
+    async fn activate(
+        &mut self,
+        tag: &str,
+        previous: Option<(PathBuf, Configuration)>,
+    ) -> anyhow::Result<()> {
+        let Some(lc) = &mut self.lifecycle else {
+            return Ok(());
+        };
+        lc.after_deploy().await;
+        {
+            let mut st = lc
+                .ctx
+                .admin
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            st.current_version = tag.to_string();
+        }
+        let reason = match lc.start_server(tag, true).await {
+            Ok(()) => return Ok(()),
+            Err(mode::ActivateError::Start(e)) => return Err(e),
+            Err(mode::ActivateError::Unhealthy(reason)) => reason,
+        };
+        let Some((old_root, old_config)) = previous else {
+            lc.reject(tag);
+            anyhow::bail!(
+                "release {tag} failed its health check and there is no previous release to roll back to: {reason}"
+            );
+        };
+        lc.before_deploy().await.ok();
+        releases::switch_current(&self.opts.dir, &old_root)
+            .context("cannot switch current back")?;
+        tracing::info!(from = %self.opts.dir.join("current").display(), to = %old_root.display(), "Create symlink");
+        state::save(&self.opts.state, &old_config)
+            .with_context(|| format!("cannot save state file {:?}", self.opts.state))?;
+        lc.after_deploy().await;
+        let old_tag = old_config
+            .layers
+            .first()
+            .map(|l| l.version.clone())
+            .unwrap_or_default();
+        let restarted = lc.start_server(&old_tag, false).await;
+        lc.rolled_back(tag, &old_config, &reason).await;
+        let worse = match restarted {
+            Ok(()) => String::new(),
+            Err(mode::ActivateError::Start(e)) => {
+                format!("; the previous release did not start either: {e:#}")
+            }
+            Err(mode::ActivateError::Unhealthy(m)) => {
+                format!("; the previous release is unhealthy too: {m}")
+            }
+        };
+        anyhow::bail!(
+            "release {tag} failed its health check ({reason}); rolled back to {old_tag}{worse}"
+        )
     }
 
     /// The state says this release runs (same layers, same tag, same digests where the source
@@ -340,9 +484,10 @@ impl ReleaseAgent {
         &mut self,
         release: &Release,
         key: Option<&str>,
-    ) -> anyhow::Result<Vec<String>> {
+    ) -> anyhow::Result<(Vec<String>, u64)> {
         let mut hashes = Vec::with_capacity(release.layers.len());
         let mut fetched = 0;
+        let mut bytes = 0u64;
         for layer in &release.layers {
             if self.cancel.is_cancelled() {
                 anyhow::bail!("interrupted");
@@ -367,7 +512,10 @@ impl ReleaseAgent {
                             _ = self.cancel.cancelled() => anyhow::bail!("interrupted"),
                         };
                         match res {
-                            Ok(_) => fetched += 1,
+                            Ok(_) => {
+                                fetched += 1;
+                                bytes += self.blob_len(&hash);
+                            }
                             Err(CacheError::HashMismatch { actual, .. }) => anyhow::bail!(
                                 "checksum mismatch for {} of release {}: expected sha256 {hash}, downloaded {actual}; staying on the current release",
                                 layer.name,
@@ -387,10 +535,12 @@ impl ReleaseAgent {
                         Some(h) => h,
                         None => {
                             fetched += 1;
-                            tokio::select! {
+                            let hash = tokio::select! {
                                 r = store::fetch_unverified(&self.cache, &self.source, layer, self.opts.io_timeout, self.opts.policy.limits.max_bytes) => r?,
                                 _ = self.cancel.cancelled() => anyhow::bail!("interrupted"),
-                            }
+                            };
+                            bytes += self.blob_len(&hash);
+                            hash
                         }
                     }
                 }
@@ -402,7 +552,11 @@ impl ReleaseAgent {
             "layers fetched from the registry: {fetched} of {}",
             release.layers.len()
         );
-        Ok(hashes)
+        Ok((hashes, bytes))
+    }
+
+    fn blob_len(&self, hash: &str) -> u64 {
+        std::fs::metadata(self.cache.path(hash)).map_or(0, |m| m.len())
     }
 
     /// `releases/<name>` from the cached layers, through the safe unpacker. The unpacker's
