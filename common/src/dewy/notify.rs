@@ -1,9 +1,17 @@
 //! Dewy's notifications without I/O (spec dewy.md 7): the message texts, the error limiter,
 //! the `slack://` and `mail://` URL grammars, and how hook results and messages are laid out.
 //!
-//! STUB: message texts are final; the rest is being written.
+//! - [`limit`]: the error limiter and quiet mode (7.4).
+//! - [`slack`]: `slack://` and the attachments (7.2).
+//! - [`mail`]: `mail://`/`smtp://` and the mail texts (7.3).
 
 use std::time::Duration;
+
+pub mod limit;
+pub mod mail;
+pub mod slack;
+
+pub use limit::{Class, ErrorLimiter};
 
 /// Which hook ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
