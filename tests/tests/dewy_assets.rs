@@ -1,0 +1,325 @@
+//! `deploy-agent assets` end to end, as a Dewy user runs it: the working directory holds
+//! `releases/`, `current` and `.dewy/`, releases come from a real S3 peer (moto), hooks run
+//! around each deploy, the admin API serves status and metrics with `--telemetry`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::peers::Moto;
+use e2e::*;
+
+fn goarch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// A running `deploy-agent <word> ...` in its own working directory, logging to a file.
+struct Dewy {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Dewy {
+    fn new() -> Dewy {
+        Dewy {
+            dir: tempfile::Builder::new()
+                .prefix("e2e-assets")
+                .tempdir()
+                .unwrap(),
+            child: None,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("deploy-agent"));
+        c.current_dir(self.path())
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env_remove("DEWY_CACHEDIR")
+            .env_remove("AWS_ENDPOINT_URL")
+            .args(args);
+        c
+    }
+
+    fn start(&mut self, args: &[&str]) {
+        let log = fs::File::create(self.path().join("agent.log")).unwrap();
+        let child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    fn current(&self) -> Option<PathBuf> {
+        fs::read_link(self.path().join("current")).ok()
+    }
+
+    /// Waits (30 s at most) until `cond` holds, failing with the agent's log.
+    fn wait_for(&mut self, what: &str, cond: impl Fn(&Dewy) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond(&*self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; agent log:\n{}",
+                self.log()
+            );
+            if let Some(c) = self.child.as_mut().map(|c| c.try_wait()) {
+                let log = self.log();
+                assert!(
+                    matches!(c, Ok(None)),
+                    "the agent exited ({c:?}) waiting for {what}:\n{log}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn serves(&self, file: &str, want: &str) -> bool {
+        fs::read_to_string(self.path().join("current").join(file)).is_ok_and(|s| s == want)
+    }
+
+    /// SIGTERM and the exit status (10 s at most).
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the agent did not exit on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Dewy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn publish(moto: &Moto, version: &str, content: &str) {
+    let name = format!("app_linux_{}.tar.gz", goarch());
+    moto.put(
+        "rel",
+        &format!("app/{version}/{name}"),
+        &tar_gz(&[("VERSION", content.as_bytes())]),
+    );
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[test]
+fn assets_follows_releases_with_hooks_around_each_deploy() {
+    let moto = Moto::start();
+    moto.bucket("rel");
+    publish(&moto, "v1.0.0", "one");
+    let registry = format!("s3://us-east-1/rel/app?endpoint={}", moto.url());
+    let mut dewy = Dewy::new();
+    // The after hook sees the new `current` (it runs after the switch).
+    dewy.start(&[
+        "assets",
+        "--registry",
+        &registry,
+        "-i",
+        "1",
+        "-l",
+        "info",
+        "--before-deploy-hook",
+        "echo before >> hooks.log",
+        "--after-deploy-hook",
+        "echo after $(cat current/VERSION) >> hooks.log",
+    ]);
+    dewy.wait_for("v1.0.0 in current", |d| d.serves("VERSION", "one"));
+    publish(&moto, "v1.1.0", "two");
+    dewy.wait_for("v1.1.0 in current", |d| d.serves("VERSION", "two"));
+    dewy.wait_for("the second after hook", |d| {
+        fs::read_to_string(d.path().join("hooks.log")).is_ok_and(|s| s.lines().count() == 4)
+    });
+    assert_eq!(
+        fs::read_to_string(dewy.path().join("hooks.log")).unwrap(),
+        "before\nafter one\nbefore\nafter two\n"
+    );
+    let cur = dewy.current().unwrap();
+    assert!(cur.is_absolute(), "{cur:?}");
+    assert_eq!(
+        cur.parent().unwrap(),
+        fs::canonicalize(dewy.path()).unwrap().join("releases")
+    );
+    // Two polls a second apart find nothing new: no third deploy.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(dewy.count("Create symlink"), 2, "{}", dewy.log());
+    assert_eq!(dewy.count("Download notification"), 2, "{}", dewy.log());
+    assert_eq!(
+        dewy.count("level=ERROR") + dewy.count(" ERROR "),
+        0,
+        "{}",
+        dewy.log()
+    );
+    assert_eq!(
+        fs::read_to_string(dewy.path().join(".dewy/cache/current")).unwrap(),
+        format!("v1.1.0--app_linux_{}.tar.gz", goarch())
+    );
+    assert!(dewy.terminate().success());
+}
+
+#[test]
+fn a_failing_before_hook_aborts_the_deploy_and_is_retried() {
+    let moto = Moto::start();
+    moto.bucket("rel");
+    publish(&moto, "v1.0.0", "one");
+    let registry = format!("s3://us-east-1/rel/app?endpoint={}", moto.url());
+    let mut dewy = Dewy::new();
+    // Fails until the file `allow` exists.
+    dewy.start(&[
+        "assets",
+        "--registry",
+        &registry,
+        "-i",
+        "1",
+        "-l",
+        "info",
+        "--before-deploy-hook",
+        "test -e allow || { echo 'not yet' >&2; exit 3; }",
+    ]);
+    dewy.wait_for("the hook failure", |d| {
+        d.log()
+            .contains("before-deploy hook failed with exit code 3")
+    });
+    assert!(dewy.current().is_none(), "no deploy: {}", dewy.log());
+    assert!(
+        !dewy.path().join("releases").exists()
+            || fs::read_dir(dewy.path().join("releases")).unwrap().count() == 0,
+        "nothing extracted"
+    );
+    assert!(dewy.log().contains("not yet"), "{}", dewy.log());
+    fs::write(dewy.path().join("allow"), "").unwrap();
+    dewy.wait_for("the deploy after the hook passes", |d| {
+        d.serves("VERSION", "one")
+    });
+    assert!(dewy.terminate().success());
+}
+
+#[test]
+fn telemetry_serves_status_and_metrics() {
+    let moto = Moto::start();
+    moto.bucket("rel");
+    publish(&moto, "v2.0.0", "metrics");
+    let registry = format!("s3://us-east-1/rel/app?endpoint={}", moto.url());
+    let admin = free_port();
+    let mut dewy = Dewy::new();
+    dewy.start(&[
+        "assets",
+        "--registry",
+        &registry,
+        "-i",
+        "1",
+        "--telemetry",
+        "--admin-port",
+        &admin.to_string(),
+    ]);
+    dewy.wait_for("the deploy", |d| d.serves("VERSION", "metrics"));
+    dewy.wait_for("the deploy's metrics", |_| {
+        http_get(admin, "/metrics")
+            .1
+            .contains("dewy_deployments_total{command=\"assets\"} 1")
+    });
+    let (status, metrics) = http_get(admin, "/metrics");
+    assert_eq!(status, 200);
+    for needle in [
+        "dewy_current_version_info{command=\"assets\",version=\"v2.0.0\"} 1",
+        "dewy_download_bytes_total ",
+        "dewy_last_poll_success 1",
+        "dewy_deployment_duration_seconds_count{command=\"assets\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing in\n{metrics}");
+    }
+    let (status, body) = http_get(admin, "/api/status");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["command"], 1, "{body}");
+    assert_eq!(v["current_version"], "v2.0.0", "{body}");
+    assert_eq!(v["name"], "app", "{body}");
+    assert!(dewy.terminate().success());
+}
+
+#[test]
+fn command_line_errors_exit_1_with_a_clear_text() {
+    let dewy = Dewy::new();
+    let out = run_with_timeout(&mut dewy.command(&["assets"]), None, 20);
+    out.assert_code(1)
+        .assert_stderr_contains("Error: --registry is not set");
+    let out = run_with_timeout(
+        &mut dewy.command(&["assets", "--registry", "ftp://x/y"]),
+        None,
+        20,
+    );
+    out.assert_code(1);
+    let out = run_with_timeout(
+        &mut dewy.command(&["server", "--registry", "s3://us-east-1/b/p", "-p", "8000"]),
+        None,
+        20,
+    );
+    out.assert_code(1)
+        .assert_stderr_contains("server mode needs the command to run after --");
+    let out = run_with_timeout(
+        &mut dewy.command(&[
+            "assets",
+            "--registry",
+            "s3://us-east-1/b/p",
+            "--notifier",
+            "pigeon://coop",
+        ]),
+        None,
+        20,
+    );
+    out.assert_code(1).assert_stderr_contains("pigeon");
+}
