@@ -31,8 +31,10 @@ impl fmt::Debug for Credentials {
 impl Credentials {
     /// Dewy's order first — `DOCKER_USERNAME`/`DOCKER_PASSWORD`, then `GITHUB_TOKEN` as user
     /// `token` for hosts containing `ghcr.io` — and, where Dewy would go anonymous, the
-    /// `auths` entry for `host` in Docker's config file (`$DOCKER_CONFIG/config.json`, else
-    /// `~/.docker/config.json`). Credential helpers (`credsStore`, `credHelpers`) are not run.
+    /// credentials Docker's config file (`$DOCKER_CONFIG/config.json`, else
+    /// `~/.docker/config.json`) gives for `host`, as the docker CLI reads it: the credential
+    /// helper of `credHelpers[host]` or `credsStore` (`docker-credential-<name> get`, found in
+    /// `PATH`), then the `auths` entry.
     pub fn lookup(
         host: &str,
         env: &dyn Fn(&str) -> Option<String>,
@@ -62,9 +64,127 @@ impl Credentials {
                 )));
             }
         };
-        from_docker_config(&text, host)
-            .map_err(|e| SourceError::Permanent(format!("Docker config {}: {e}", path.display())))
+        let config_err =
+            |e: String| SourceError::Permanent(format!("Docker config {}: {e}", path.display()));
+        if let Some(name) = helper_for(&text, host).map_err(config_err)? {
+            let found = run_helper(&name, host, env).map_err(|e| {
+                SourceError::Permanent(format!(
+                    "Docker credential helper docker-credential-{name} for {host}: {e}"
+                ))
+            })?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        from_docker_config(&text, host).map_err(config_err)
     }
+}
+
+/// How long a credential helper may take (it may talk to a keychain or a cloud API).
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The credential helper Docker would ask for `host`: `credHelpers[host]`, else `credsStore`.
+fn helper_for(json: &[u8], host: &str) -> Result<Option<String>, String> {
+    let config: DockerConfig = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let wanted = hub_alias(host);
+    let mut keys: Vec<&String> = config.cred_helpers.keys().collect();
+    keys.sort();
+    let name = keys
+        .into_iter()
+        .find(|k| hub_alias(key_host(k)) == wanted)
+        .map(|k| config.cred_helpers[k].clone())
+        .or(config.creds_store)
+        .filter(|n| !n.is_empty());
+    if let Some(n) = &name
+        && !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!("credential helper name {n:?} is not a plain name"));
+    }
+    Ok(name)
+}
+
+/// The helper's answer for `host` (the credential-helper protocol: the server URL on stdin,
+/// `{"ServerURL","Username","Secret"}` on stdout); `None` when it has none.
+fn run_helper(
+    name: &str,
+    host: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Credentials>, String> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let program = format!("docker-credential-{name}");
+    let path = env("PATH").unwrap_or_default();
+    let Some(exe) = std::env::split_paths(&path)
+        .map(|d| d.join(&program))
+        .find(|p| p.is_file())
+    else {
+        return Err(format!("{program} is not in PATH"));
+    };
+    // Docker stores Docker Hub under its v1 index URL.
+    let server = if hub_alias(host) == "docker.io" {
+        "https://index.docker.io/v1/"
+    } else {
+        host
+    };
+    let mut child = Command::new(&exe)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(server.as_bytes());
+    }
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = (&mut stdout)
+            .take(MAX_TOKEN_RESPONSE as u64)
+            .read_to_end(&mut out);
+        out
+    });
+    let deadline = std::time::Instant::now() + HELPER_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("no answer within {}s", HELPER_TIMEOUT.as_secs()));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let out = reader.join().unwrap_or_default();
+    let text = String::from_utf8_lossy(&out);
+    if !status.success() {
+        // The protocol's "not found" is an error exit with this text on stdout.
+        if text.contains("credentials not found") {
+            return Ok(None);
+        }
+        return Err(format!("exited with {status}: {}", text.trim()));
+    }
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(rename = "Username", default)]
+        username: String,
+        #[serde(rename = "Secret", default)]
+        secret: String,
+    }
+    let a: Answer = serde_json::from_str(&text).map_err(|e| format!("bad answer: {e}"))?;
+    if a.secret.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Credentials {
+        username: a.username,
+        password: a.secret,
+    }))
 }
 
 fn docker_config_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
@@ -98,6 +218,10 @@ fn read_small(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
 struct DockerConfig {
     #[serde(default)]
     auths: HashMap<String, AuthEntry>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: HashMap<String, String>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -503,5 +627,67 @@ mod tests {
         std::fs::write(dir.path().join("config.json"), b"not json").unwrap();
         let e = Credentials::lookup("ghcr.io", &file).unwrap_err();
         assert!(e.to_string().contains("config.json"), "{e}");
+    }
+
+    /// A credential helper is any `docker-credential-<name>` program speaking the protocol;
+    /// this one answers from a table, and "not found" as the real ones do.
+    #[test]
+    fn credential_helpers_are_asked_before_auths() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let helper = |name: &str, script: &str| {
+            let p = bin.join(format!("docker-credential-{name}"));
+            std::fs::write(&p, script).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        helper(
+            "table",
+            "#!/bin/sh
+[ \"$1\" = get ] || exit 2
+read -r url
+case \"$url\" in
+  reg.example:5000) echo '{\"ServerURL\":\"reg.example:5000\",\"Username\":\"helper\",\"Secret\":\"s\"}' ;;
+  https://index.docker.io/v1/) echo '{\"Username\":\"hubuser\",\"Secret\":\"h\"}' ;;
+  *) echo 'credentials not found in native keychain'; exit 1 ;;
+esac
+",
+        );
+        helper(
+            "broken",
+            "#!/bin/sh
+echo 'keychain locked' >&2
+exit 3
+",
+        );
+        std::fs::write(
+            dir.path().join("config.json"),
+            br#"{"auths":{"ghcr.io":{"auth":"ZmlsZTpmaWxl"},"other.example":{"auth":"ZmlsZTpmaWxl"}},
+                "credsStore":"table","credHelpers":{"bad.example":"broken","gone.example":"absent"}}"#,
+        )
+        .unwrap();
+        let d = dir.path().to_str().unwrap().to_string();
+        let path = bin.to_str().unwrap().to_string();
+        let env = move |k: &str| match k {
+            "DOCKER_CONFIG" => Some(d.clone()),
+            "PATH" => Some(path.clone()),
+            _ => None,
+        };
+        let got = |h: &str| Credentials::lookup(h, &env);
+        let c = got("reg.example:5000").unwrap().unwrap();
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("helper", "s"));
+        let c = got("registry-1.docker.io").unwrap().unwrap();
+        assert_eq!(c.username, "hubuser");
+        // The store has nothing for it: the auths entry, as docker's native store falls back.
+        assert_eq!(got("ghcr.io").unwrap().unwrap().username, "file");
+        assert_eq!(got("quay.io").unwrap(), None);
+        let e = got("bad.example").unwrap_err().to_string();
+        assert!(
+            e.contains("docker-credential-broken") && e.contains("exited"),
+            "{e}"
+        );
+        let e = got("gone.example").unwrap_err().to_string();
+        assert!(e.contains("not in PATH"), "{e}");
     }
 }
