@@ -140,8 +140,8 @@ impl Metrics {
         if !family.series.contains_key(&k) && family.series.len() >= MAX_SERIES_PER_FAMILY {
             return;
         }
-        let bounds = family.bounds.clone();
-        let value = family.series.entry(k).or_insert_with(|| match kind {
+        let Family { bounds, series, .. } = family;
+        let value = series.entry(k).or_insert_with(|| match kind {
             Kind::Counter => Value::Counter(0),
             Kind::Gauge => Value::Gauge(0.0),
             Kind::Histogram => Value::Histogram {
@@ -149,7 +149,7 @@ impl Metrics {
                 sum: 0.0,
             },
         });
-        f(value, &bounds);
+        f(value, bounds);
     }
 
     /// Adds `v` to a counter (`name` in Prometheus form, ending in `_total`).
