@@ -40,6 +40,10 @@ pub struct Options {
     pub registry: Option<String>,
     /// `-slot`: follow only releases of this slot (empty: any).
     pub slot: String,
+    /// `-cache URL`: Dewy's cache backend (`file:///dir`, `s3://…`, `gs://…`, with
+    /// `?registry-ttl=D` to share registry results); empty = the file cache in Dewy's
+    /// default directory. Checked at parse time.
+    pub cache: String,
 }
 
 pub fn flagset() -> FlagSet {
@@ -75,6 +79,11 @@ pub fn flagset() -> FlagSet {
             b(
                 "allow-special",
                 "as root, create device nodes and FIFOs and keep setuid/setgid/sticky bits and owners from layers",
+            ),
+            s(
+                "cache",
+                "",
+                "with -registry: Dewy's cache `URL`: file:///dir, s3://<region>/<bucket>[/<prefix>][?endpoint=URL] or gs://<bucket>[/<prefix>], with ?registry-ttl=D to share registry results (default: the file cache)",
             ),
             b(
                 "cleanold",
@@ -185,6 +194,16 @@ pub fn parse(args: &[String]) -> Parse {
     let script = p.string(&set, "script");
     let known_hosts = p.string(&set, "known-hosts");
     let registry = p.string(&set, "registry");
+    let cache = p.string(&set, "cache");
+    if let Err(e) = sources::cache::config::parse(&cache) {
+        return Parse::Exit(
+            format!(
+                "invalid value {cache:?} for flag -cache: {e}\n{}",
+                set.usage()
+            ),
+            2,
+        );
+    }
     Parse::Run(Box::new(Options {
         addr: p.string(&set, "addr"),
         cleanold: p.bool("cleanold"),
@@ -219,6 +238,7 @@ pub fn parse(args: &[String]) -> Parse {
         },
         registry: (!registry.is_empty()).then_some(registry),
         slot: p.string(&set, "slot"),
+        cache,
     }))
 }
 
@@ -279,5 +299,21 @@ mod tests {
         }
         assert!(matches!(parse(&["-h".to_string()]), Parse::Exit(_, 0)));
         assert!(matches!(parse(&["-nope".to_string()]), Parse::Exit(_, 2)));
+    }
+
+    #[test]
+    fn cache_url_is_checked() {
+        assert_eq!(run(&[]).cache, "");
+        assert_eq!(
+            run(&["-cache", "gs://b/p?registry-ttl=30s"]).cache,
+            "gs://b/p?registry-ttl=30s"
+        );
+        match parse(&["-cache".to_string(), "redis://h".to_string()]) {
+            Parse::Exit(m, 2) => assert!(
+                m.starts_with("invalid value \"redis://h\" for flag -cache: unsupported cache scheme \"redis\"; supported schemes: file, s3, gs\n"),
+                "{m}"
+            ),
+            _ => panic!("accepted redis://"),
+        }
     }
 }

@@ -6,7 +6,8 @@
 //! Dewy reports) is only in the JSON API. Google's credentials (ADC) still come from
 //! object_store's token providers.
 
-mod api;
+// The shared cache (`crate::cache`) reads and writes its objects through the same client.
+pub(crate) mod api;
 
 use common::dewy::artifact::Platform;
 use common::dewy::artifact_url::ArtifactUrl;

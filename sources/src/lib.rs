@@ -9,9 +9,12 @@
 //!   configuration to a [`Release`] the same way.
 //!
 //! Dispatch is an enum ([`Source`]) rather than a trait object: the set of schemes is closed,
-//! and async methods stay plain `async fn`.
+//! and async methods stay plain `async fn`. Each variant's source is wrapped in [`Cached`],
+//! which may carry Dewy's shared cache ([`cache`]); it derefs to the source, so scheme-specific
+//! calls (`report`) reach it unchanged.
 
 pub mod bucket;
+pub mod cache;
 pub mod error;
 pub mod ghr;
 pub mod grpc;
@@ -69,16 +72,82 @@ pub type ByteStream = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
 
 /// A configured source.
 pub enum Source {
-    Img(img::ImgSource),
-    S3(s3::S3Source),
-    Gs(gs::GsSource),
-    Ghr(ghr::GhrSource),
-    Grpc(grpc::GrpcSource),
+    Img(Cached<img::ImgSource>),
+    S3(Cached<s3::S3Source>),
+    Gs(Cached<gs::GsSource>),
+    Ghr(Cached<ghr::GhrSource>),
+    Grpc(Cached<grpc::GrpcSource>),
+}
+
+/// A source and the shared cache in front of it, if any.
+pub struct Cached<T> {
+    source: T,
+    shared: Option<std::sync::Arc<cache::Shared>>,
+}
+
+impl<T> From<T> for Cached<T> {
+    fn from(source: T) -> Cached<T> {
+        Cached {
+            source,
+            shared: None,
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Cached<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.source
+    }
 }
 
 impl Source {
-    /// The release that should run now.
+    /// The release that should run now: through the shared registry result when the cache
+    /// has `registry-ttl`.
     pub async fn current(&self) -> Result<Release, SourceError> {
+        match self.shared() {
+            Some(shared) => shared.current(|| self.upstream_current()).await,
+            None => self.upstream_current().await,
+        }
+    }
+
+    /// The bytes of `layer`, starting at `offset` (to resume an interrupted download):
+    /// through the shared artifact cache when there is one.
+    pub async fn fetch(&self, layer: &Layer, offset: u64) -> Result<ByteStream, SourceError> {
+        match self.shared() {
+            Some(shared) => {
+                shared
+                    .fetch(layer, offset, |o| self.upstream_fetch(layer, o))
+                    .await
+            }
+            None => self.upstream_fetch(layer, offset).await,
+        }
+    }
+
+    /// Puts Dewy's shared cache (`--cache s3://…|gs://…`) in front of this source.
+    pub fn with_shared_cache(mut self, shared: cache::Shared) -> Source {
+        let shared = Some(std::sync::Arc::new(shared));
+        match &mut self {
+            Source::Img(c) => c.shared = shared,
+            Source::S3(c) => c.shared = shared,
+            Source::Gs(c) => c.shared = shared,
+            Source::Ghr(c) => c.shared = shared,
+            Source::Grpc(c) => c.shared = shared,
+        }
+        self
+    }
+
+    fn shared(&self) -> Option<&cache::Shared> {
+        match self {
+            Source::Img(c) => c.shared.as_deref(),
+            Source::S3(c) => c.shared.as_deref(),
+            Source::Gs(c) => c.shared.as_deref(),
+            Source::Ghr(c) => c.shared.as_deref(),
+            Source::Grpc(c) => c.shared.as_deref(),
+        }
+    }
+
+    async fn upstream_current(&self) -> Result<Release, SourceError> {
         match self {
             Source::Img(s) => s.current().await,
             Source::S3(s) => s.current().await,
@@ -88,8 +157,7 @@ impl Source {
         }
     }
 
-    /// The bytes of `layer`, starting at `offset` (to resume an interrupted download).
-    pub async fn fetch(&self, layer: &Layer, offset: u64) -> Result<ByteStream, SourceError> {
+    async fn upstream_fetch(&self, layer: &Layer, offset: u64) -> Result<ByteStream, SourceError> {
         match self {
             Source::Img(s) => s.fetch(layer, offset).await,
             Source::S3(s) => s.fetch(layer, offset).await,

@@ -22,6 +22,8 @@ use crate::{ByteStream, Layer, Release, SourceError};
 
 pub use store::Endpoint;
 pub(crate) use store::Shared as SharedConnector;
+// The shared cache (`crate::cache`) keeps its objects in a bucket through the same client.
+pub(crate) use store::S3Store;
 
 /// The most objects one version directory may hold: the listing is kept in memory.
 const MAX_OBJECTS_PER_VERSION: usize = 100_000;

@@ -61,16 +61,14 @@ pub fn build_source(url: &RegistryUrl) -> Result<Source, SourceError> {
     let http = HttpClient::new(&HttpConfig::default())?;
     let env = sources::bucket::process_env();
     Ok(match url {
-        RegistryUrl::Img { .. } => Source::Img(sources::img::ImgSource::new(url, http)?),
-        RegistryUrl::S3 { .. } => Source::S3(sources::s3::S3Source::new(url, &http, env)?),
-        RegistryUrl::Gs { .. } => Source::Gs(sources::gs::GsSource::new(url, &http, env)?),
-        RegistryUrl::Ghr { .. } => {
-            Source::Ghr(sources::ghr::GhrSource::from_url(url, http, &|k| {
-                std::env::var(k).ok()
-            })?)
-        }
+        RegistryUrl::Img { .. } => Source::Img(sources::img::ImgSource::new(url, http)?.into()),
+        RegistryUrl::S3 { .. } => Source::S3(sources::s3::S3Source::new(url, &http, env)?.into()),
+        RegistryUrl::Gs { .. } => Source::Gs(sources::gs::GsSource::new(url, &http, env)?.into()),
+        RegistryUrl::Ghr { .. } => Source::Ghr(
+            sources::ghr::GhrSource::from_url(url, http, &|k| std::env::var(k).ok())?.into(),
+        ),
         RegistryUrl::Grpc { .. } => {
-            Source::Grpc(sources::grpc::GrpcSource::from_url(url, http, env)?)
+            Source::Grpc(sources::grpc::GrpcSource::from_url(url, http, env)?.into())
         }
         RegistryUrl::Ssh { .. } => {
             return Err(SourceError::Permanent(

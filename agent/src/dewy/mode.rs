@@ -475,9 +475,8 @@ async fn run(args: DewyArgs) -> anyhow::Result<bool> {
         name,
         command,
         status: std::sync::Mutex::new(Status::default()),
-        // TODO(container mode): crate::container::lister(&args) once it lands.
-        containers: None,
-        metrics: (args.telemetry || command == Command::Container).then(|| metrics.clone()),
+        containers: (command == Command::Container).then(|| crate::container::lister(&args)),
+        metrics: args.telemetry.then(|| metrics.clone()),
     });
     if args.telemetry || command == Command::Container {
         let port = crate::admin::serve(args.admin_port, admin.clone(), cancel.clone())

@@ -14,17 +14,25 @@
 //! truth; the key files are a view of it. Because an artifact key names immutable bytes in
 //! Dewy's model, a present key file also stands in for the download: it is hashed and linked
 //! into the cache instead of fetched again.
+//!
+//! `-cache URL` (spec 6.2): `file:///dir` moves that directory; `s3://…`/`gs://…` put Dewy's
+//! shared cache ([`sources::cache`]) in front of the source, with the directory as its local
+//! staging, so the key files above are also what the bucket holds.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use common::dewy::url::RegistryUrl;
 use common::digest::Hasher;
-use sources::{Layer, Source};
+use sources::cache::{Backend, CacheConfig, Shared};
+use sources::http::{HttpClient, HttpConfig};
+use sources::{Layer, Source, SourceError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cache::{BlobReader, Cache, LayerSource};
+use crate::cli::Options;
 
 /// A [`LayerSource`] over one layer of a [`Source`] (the cache asks by hash).
 pub struct LayerBlob<'a> {
@@ -45,6 +53,39 @@ pub fn dewy_cache_dir(dir: &Path) -> PathBuf {
     match std::env::var_os("DEWY_CACHEDIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
         _ => dir.join(".dewy").join("cache"),
+    }
+}
+
+/// Dewy's cache directory under `-cache`: the URL's path for `file:///dir`, else
+/// [`dewy_cache_dir`] (the local staging of an S3/GCS cache).
+pub fn dewy_cache_dir_for(opts: &Options) -> PathBuf {
+    match sources::cache::config::parse(&opts.cache) {
+        Ok(CacheConfig {
+            backend: Backend::File { dir: Some(d) },
+            ..
+        }) => d,
+        _ => dewy_cache_dir(&opts.dir),
+    }
+}
+
+/// The source for `url` with `-cache` applied: [`super::build_source`], then for an s3/gs
+/// cache the shared cache in front of it (its registry entry is keyed by the `-registry`
+/// text as given, as Dewy keys it by its `--registry`).
+pub fn build_cached_source(url: &RegistryUrl, opts: &Options) -> Result<Source, SourceError> {
+    let source = super::build_source(url)?;
+    let config = sources::cache::config::parse(&opts.cache).map_err(SourceError::Permanent)?;
+    let registry = opts.registry.clone().unwrap_or_else(|| url.to_string());
+    let http = HttpClient::new(&HttpConfig::default())?;
+    match Shared::open(
+        &config,
+        &registry,
+        dewy_cache_dir_for(opts),
+        opts.policy.limits.max_bytes,
+        &http,
+        sources::bucket::process_env(),
+    )? {
+        Some(shared) => Ok(source.with_shared_cache(shared)),
+        None => Ok(source),
     }
 }
 

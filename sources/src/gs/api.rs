@@ -27,7 +27,7 @@ enum Auth {
 }
 
 pub struct Api {
-    http: HttpClient,
+    pub(crate) http: HttpClient,
     base: Url,
     auth: Auth,
 }
@@ -104,7 +104,7 @@ impl Api {
         })
     }
 
-    fn url(&self, segments: &[&str]) -> Url {
+    pub(crate) fn url(&self, segments: &[&str]) -> Url {
         let mut u = self.base.clone();
         if let Ok(mut path) = u.path_segments_mut() {
             // Checked in `new`: the base can be a base. Segments are percent-encoded here,
@@ -114,7 +114,10 @@ impl Api {
         u
     }
 
-    async fn authed(&self, request: RequestBuilder) -> Result<RequestBuilder, SourceError> {
+    pub(crate) async fn authed(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<RequestBuilder, SourceError> {
         match &self.auth {
             Auth::Anonymous => Ok(request),
             Auth::Google(creds) => {
@@ -246,7 +249,11 @@ impl Api {
         Ok(())
     }
 
-    async fn send(&self, request: RequestBuilder, what: &str) -> Result<Response, SourceError> {
+    pub(crate) async fn send(
+        &self,
+        request: RequestBuilder,
+        what: &str,
+    ) -> Result<Response, SourceError> {
         let request = self.authed(request).await?;
         let response = self.http.send_raw(request).await?;
         check(response, what).await
@@ -255,7 +262,7 @@ impl Api {
 
 /// A 2xx answer, or the API's error as a [`SourceError`] naming `what` and carrying the
 /// API's own message (`The specified bucket does not exist.`).
-async fn check(response: Response, what: &str) -> Result<Response, SourceError> {
+pub(crate) async fn check(response: Response, what: &str) -> Result<Response, SourceError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);

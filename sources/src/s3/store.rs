@@ -61,7 +61,7 @@ const CHAIN_VARS: [&str; 10] = [
 
 /// One bucket of one endpoint.
 pub struct S3Store {
-    pub(super) inner: Arc<AmazonS3>,
+    pub(crate) inner: Arc<AmazonS3>,
     pub region: String,
     pub bucket: String,
     pub endpoint: Endpoint,
