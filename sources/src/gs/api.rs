@@ -249,11 +249,7 @@ impl Api {
         Ok(())
     }
 
-    pub(crate) async fn send(
-        &self,
-        request: RequestBuilder,
-        what: &str,
-    ) -> Result<Response, SourceError> {
+    async fn send(&self, request: RequestBuilder, what: &str) -> Result<Response, SourceError> {
         let request = self.authed(request).await?;
         let response = self.http.send_raw(request).await?;
         check(response, what).await
