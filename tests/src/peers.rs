@@ -2,7 +2,7 @@
 //! the agent's end-to-end tests start the same moto and fake-gcs-server the same way.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -287,4 +287,294 @@ fn curl_ok(args: &[&str]) -> bool {
         .args(args)
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Debian's `docker-registry` (distribution, peers.md 2) on a free loopback port, stopped on
+/// drop. Images are pushed to it with skopeo (plain HTTP: `--dest-tls-verify=false`).
+pub struct OciRegistry {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl OciRegistry {
+    pub fn start() -> OciRegistry {
+        for t in ["docker-registry", "skopeo", "umoci"] {
+            assert!(
+                Command::new("which")
+                    .arg(t)
+                    .output()
+                    .is_ok_and(|o| o.status.success()),
+                "{t} is needed: run scripts/install-deps"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let data = dir.path().join("data");
+        fs::create_dir(&data).unwrap();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only-not-secret\n",
+            data.display()
+        );
+        let cfg = dir.path().join("config.yml");
+        fs::write(&cfg, config).unwrap();
+        let log = fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let reg = OciRegistry { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        reg
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The stored bytes of blob `digest` (`sha256:<hex>`), to damage them.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for OciRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Podman (peers.md 7) with everything of its own in a temp dir: storage, run root,
+/// configuration (runc, lowered ulimits, cgroupfs, file events logger), a registries.conf that
+/// marks `insecure` registries as plain HTTP, and a default CNI network on a bridge of its own
+/// name and subnet. Programs under test find it through [`Podman::env`]; [`Podman::cmd`] is
+/// the same podman for the test's own checks. On drop: every container and image removed,
+/// storage unmounted and deleted, the bridge deleted, and CNI's iptables chains removed once no
+/// CNI rule is left in them.
+pub struct Podman {
+    dir: tempfile::TempDir,
+    bridge: String,
+}
+
+impl Podman {
+    pub fn start(insecure: &[&str]) -> Podman {
+        for t in ["podman", "runc"] {
+            assert!(
+                Command::new("which")
+                    .arg(t)
+                    .output()
+                    .is_ok_and(|o| o.status.success()),
+                "{t} is needed: run scripts/install-deps"
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("podman-")
+            .tempdir()
+            .unwrap();
+        let p = dir.path();
+        let n = std::process::id() % 200 + 20;
+        let bridge = format!("dwt{}", std::process::id() % 100_000);
+        fs::create_dir(p.join("net")).unwrap();
+        fs::write(
+            p.join("containers.conf"),
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+                 [network]\nnetwork_config_dir = \"{}\"\n\
+                 [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 tmp_dir = \"{}\"\n",
+                p.join("net").display(),
+                p.join("tmp").display()
+            ),
+        )
+        .unwrap();
+        fs::write(
+            p.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                p.join("storage").display(),
+                p.join("run").display()
+            ),
+        )
+        .unwrap();
+        let mut reg = String::from("unqualified-search-registries = []\n");
+        for r in insecure {
+            reg.push_str(&format!(
+                "[[registry]]\nlocation = \"{r}\"\ninsecure = true\n"
+            ));
+        }
+        fs::write(p.join("registries.conf"), reg).unwrap();
+        fs::write(
+            p.join("net/87-podman-bridge.conflist"),
+            format!(
+                r#"{{"cniVersion":"0.4.0","name":"podman","plugins":[
+{{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":true,"hairpinMode":true,
+ "ipam":{{"type":"host-local","routes":[{{"dst":"0.0.0.0/0"}}],"ranges":[[{{"subnet":"10.213.{n}.0/24","gateway":"10.213.{n}.1"}}]]}}}},
+{{"type":"portmap","capabilities":{{"portMappings":true}}}},
+{{"type":"firewall"}},{{"type":"tuning"}}]}}"#
+            ),
+        )
+        .unwrap();
+        Podman { dir, bridge }
+    }
+
+    /// The environment that points podman at this instance.
+    pub fn env(&self) -> Vec<(String, PathBuf)> {
+        let p = self.dir.path();
+        vec![
+            ("CONTAINERS_CONF".into(), p.join("containers.conf")),
+            (
+                "CONTAINERS_REGISTRIES_CONF".into(),
+                p.join("registries.conf"),
+            ),
+            ("CONTAINERS_STORAGE_CONF".into(), p.join("storage.conf")),
+        ]
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.envs(self.env()).stdin(Stdio::null());
+        c
+    }
+
+    /// `podman args...` stdout; panics with podman's words on failure.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let quiet = |c: &mut Command| {
+            let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        };
+        quiet(self.cmd().args(["rm", "-a", "-f", "-t", "0"]));
+        quiet(self.cmd().args(["rmi", "-a", "-f"]));
+        // Overlay mounts left by a crashed podman keep the storage from being deleted.
+        let root = self.dir.path().to_string_lossy().into_owned();
+        if let Ok(mounts) = fs::read_to_string("/proc/self/mounts") {
+            let mut inside: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|m| m.starts_with(&root))
+                .collect();
+            inside.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in inside {
+                quiet(Command::new("umount").arg("-l").arg(m));
+            }
+        }
+        quiet(Command::new("ip").args(["link", "delete", &self.bridge]));
+        cleanup_cni_chains();
+    }
+}
+
+/// CNI's portmap and firewall plugins leave their chains behind when the last container is
+/// gone; remove them when no rule of any container is left in them (another network's
+/// containers keep them).
+fn cleanup_cni_chains() {
+    let rules = |table: &str, chain: &str| -> Option<usize> {
+        let out = Command::new("iptables")
+            .args(["-t", table, "-S", chain])
+            .output()
+            .ok()?;
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("-A"))
+                .count()
+        })
+    };
+    let ipt = |args: &[&str]| {
+        let _ = Command::new("iptables")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    };
+    if rules("nat", "CNI-HOSTPORT-DNAT") == Some(0) {
+        ipt(&[
+            "-t",
+            "nat",
+            "-D",
+            "PREROUTING",
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            "CNI-HOSTPORT-DNAT",
+        ]);
+        ipt(&[
+            "-t",
+            "nat",
+            "-D",
+            "OUTPUT",
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            "CNI-HOSTPORT-DNAT",
+        ]);
+        ipt(&[
+            "-t",
+            "nat",
+            "-D",
+            "POSTROUTING",
+            "-m",
+            "comment",
+            "--comment",
+            "CNI portfwd requiring masquerade",
+            "-j",
+            "CNI-HOSTPORT-MASQ",
+        ]);
+        for c in [
+            "CNI-HOSTPORT-DNAT",
+            "CNI-HOSTPORT-MASQ",
+            "CNI-HOSTPORT-SETMARK",
+        ] {
+            ipt(&["-t", "nat", "-F", c]);
+            ipt(&["-t", "nat", "-X", c]);
+        }
+    }
+    // CNI-FORWARD holds only the jump to CNI-ADMIN once the containers are gone.
+    if rules("filter", "CNI-FORWARD") == Some(1) && rules("filter", "CNI-ADMIN") == Some(0) {
+        ipt(&[
+            "-D",
+            "FORWARD",
+            "-m",
+            "comment",
+            "--comment",
+            "CNI firewall plugin rules",
+            "-j",
+            "CNI-FORWARD",
+        ]);
+        for c in ["CNI-FORWARD", "CNI-ADMIN"] {
+            ipt(&["-F", c]);
+            ipt(&["-X", c]);
+        }
+    }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::peers::{FakeGcs, Moto};
+use e2e::peers::{FakeGcs, Moto, OciRegistry};
 use e2e::*;
 
 /// Go's `runtime.GOARCH` of this machine, for artifact names the agent picks.
@@ -392,74 +392,6 @@ fn ssh_url_is_our_registry() {
     );
     assert!(host.current().starts_with("unpacked"));
     assert_eq!(host.deploys().len(), 1);
-}
-
-/// Debian's `docker-registry` (distribution) on a free loopback port, stopped on drop.
-struct OciRegistry {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl OciRegistry {
-    fn start() -> OciRegistry {
-        for t in ["docker-registry", "skopeo", "umoci"] {
-            assert!(
-                Command::new("which")
-                    .arg(t)
-                    .output()
-                    .is_ok_and(|o| o.status.success()),
-                "{t} is needed: run scripts/install-deps"
-            );
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let data = dir.path().join("data");
-        fs::create_dir(&data).unwrap();
-        let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only-not-secret\n",
-            data.display()
-        );
-        let cfg = dir.path().join("config.yml");
-        fs::write(&cfg, config).unwrap();
-        let log = fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let reg = OciRegistry { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        reg
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// The stored bytes of blob `digest` (`sha256:<hex>`), to damage them.
-    fn blob_path(&self, digest: &str) -> PathBuf {
-        let hex = digest.trim_start_matches("sha256:");
-        self.dir
-            .path()
-            .join("data/docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
-    }
-}
-
-impl Drop for OciRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn run_ok(cmd: &mut Command) {

@@ -1,0 +1,494 @@
+//! `deploy-agent container` (Dewy's container mode, spec dewy.md 9) against real peers: podman
+//! (runc, isolated storage and network), images built by umoci from busybox-static and pushed
+//! by skopeo to Debian's docker-registry. The app is busybox httpd serving `/VERSION` and, when
+//! healthy, `/health`; traffic goes through the agent's TCP proxy.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use e2e::peers::{OciRegistry, Podman};
+use e2e::*;
+
+/// The podman tests run one at a time: they share the host's CNI iptables chains, which a
+/// finishing test removes when it sees them empty.
+static PODMAN: Mutex<()> = Mutex::new(());
+
+/// Generous limits for things that take seconds: they fail a hung test, they time nothing.
+const LONG: Duration = Duration::from_secs(180);
+
+fn goarch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An image of busybox-static whose entrypoint serves `/www` with httpd on 8080 (a shell as
+/// PID 1 that exits on SIGTERM, so `stop` does not wait for its kill timeout). `/www/VERSION`
+/// holds `version`; `/www/health` exists only when `healthy`. Pushed as `repo:version`.
+fn push_app(work: &Path, reg: &OciRegistry, repo: &str, version: &str, healthy: bool) {
+    let layout = work.join(format!("oci-{version}"));
+    let bundle = work.join(format!("bundle-{version}"));
+    let image = format!("{}:{version}", layout.display());
+    run_ok(
+        Command::new("umoci")
+            .args(["init", "--layout"])
+            .arg(&layout),
+    );
+    run_ok(Command::new("umoci").args(["new", "--image", &image]));
+    run_ok(
+        Command::new("umoci")
+            .args(["unpack", "--rootless", "--image", &image])
+            .arg(&bundle),
+    );
+    let rootfs = bundle.join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::create_dir_all(rootfs.join("www")).unwrap();
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "httpd"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    fs::write(rootfs.join("www/VERSION"), version).unwrap();
+    if healthy {
+        fs::write(rootfs.join("www/health"), "ok").unwrap();
+    }
+    run_ok(
+        Command::new("umoci")
+            .args(["repack", "--image", &image])
+            .arg(&bundle),
+    );
+    run_ok(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--os",
+        "linux",
+        "--architecture",
+        goarch(),
+        "--config.exposedports",
+        "8080/tcp",
+        "--config.entrypoint",
+        "/bin/sh",
+        "--config.entrypoint",
+        "-c",
+        "--config.entrypoint",
+        "trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait",
+    ]));
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{image}"))
+            .arg(format!("docker://{}/{repo}:{version}", reg.host())),
+    );
+}
+
+/// One `GET path` through `port`: the body, or None (refused, closed, not 200).
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200")
+        .then(|| body.to_string())
+        .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
+}
+
+/// The port the admin API says it bound (the one asked for, or one of the 9 after it).
+fn admin_port(log: &str) -> u16 {
+    let at = log
+        .find("Admin API started port=")
+        .expect("admin API started")
+        + 23;
+    let digits: String = log[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap()
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool, log: &dyn Fn() -> String) {
+    let deadline = Instant::now() + LONG;
+    while !ok() {
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {what}\n--- agent log ---\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A running `deploy-agent container ...`, killed on drop; stderr in `log`.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path, podman: &Podman, args: &[String], name: &str) -> Agent {
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(bin("deploy-agent"))
+            .arg("container")
+            .args(args)
+            .current_dir(dir)
+            .envs(podman.env())
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.join(format!("{name}.out"))).unwrap())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Agent { child, log }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) for the agent to exit.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + LONG;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        run_ok(Command::new("kill").args([sig, &self.child.id().to_string()]));
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One managed container as the test sees it through podman itself.
+#[derive(Debug)]
+struct Seen {
+    name: String,
+    state: String,
+    version: String,
+    replica: String,
+    labels: serde_json::Value,
+}
+
+fn managed(podman: &Podman, app: &str) -> Vec<Seen> {
+    let out = podman.ok(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=dewy.managed=true",
+        "--filter",
+        &format!("label=dewy.app={app}"),
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap();
+    let mut seen: Vec<Seen> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Seen {
+            name: c["Names"][0].as_str().unwrap_or_default().to_string(),
+            state: c["State"].as_str().unwrap_or_default().to_string(),
+            version: c["Labels"]["dewy.version"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            replica: c["Labels"]["dewy.replica"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            labels: c["Labels"].clone(),
+        })
+        .collect();
+    seen.sort_by(|a, b| a.replica.cmp(&b.replica));
+    seen
+}
+
+/// Both replicas of `version` running, nothing else of the app left (running or not).
+fn only_version(podman: &Podman, app: &str, version: &str) -> bool {
+    let seen = managed(podman, app);
+    seen.len() == 2
+        && seen
+            .iter()
+            .all(|c| c.version == version && c.state == "running")
+}
+
+/// What the proxy serves on a few connections (round-robin covers both replicas).
+fn served(port: u16) -> Vec<Option<String>> {
+    (0..4).map(|_| get(port, "/VERSION")).collect()
+}
+
+#[test]
+fn rolling_update_rollback_adoption_and_shutdown() {
+    let _serial = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
+    let reg = OciRegistry::start();
+    let podman = Podman::start(&[&reg.host()]);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("agent");
+    fs::create_dir(&dir).unwrap();
+    let proxy = free_port();
+    let app = "web";
+    let args: Vec<String> = [
+        "--registry",
+        &format!("img://{}/demo/{app}", reg.host()),
+        "-p",
+        &format!("{proxy}:8080"),
+        "--replicas",
+        "2",
+        "--runtime",
+        "podman",
+        "--health-path",
+        "/health",
+        "--health-timeout",
+        "4",
+        "--drain-time",
+        "1",
+        "--interval",
+        "1",
+        "--admin-port",
+        &free_port().to_string(),
+        "-l",
+        "debug",
+        "--",
+        "-e",
+        "GREETING=hi",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+
+    // v1: two replicas behind the proxy.
+    push_app(work.path(), &reg, &format!("demo/{app}"), "v1.0.0", true);
+    let mut agent = Agent::start(&dir, &podman, &args, "first");
+    let log = || agent.log();
+    wait_for(
+        "v1 through the proxy",
+        || served(proxy).iter().all(|s| s.as_deref() == Some("v1.0.0")),
+        &log,
+    );
+    wait_for(
+        "the v1 deploy",
+        || agent.log().contains("Container deployed successfully"),
+        &log,
+    );
+    assert!(
+        only_version(&podman, app, "v1.0.0"),
+        "{:?}",
+        managed(&podman, app)
+    );
+    let v1 = managed(&podman, app);
+    for (i, c) in v1.iter().enumerate() {
+        // Dewy's names and labels: <app>-<unix seconds>-<replica>.
+        let parts: Vec<&str> = c.name.rsplitn(3, '-').collect();
+        assert_eq!(parts.len(), 3, "{c:?}");
+        assert_eq!(parts[0], i.to_string(), "{c:?}");
+        assert!(parts[1].parse::<u64>().is_ok(), "{c:?}");
+        assert_eq!(parts[2], app, "{c:?}");
+        assert_eq!(c.labels["dewy.managed"], "true");
+        assert_eq!(c.labels["dewy.app"], app);
+        assert_eq!(c.replica, i.to_string());
+        assert!(
+            c.labels["dewy.deployed_at"]
+                .as_str()
+                .is_some_and(|t| t.len() >= 20 && t.contains('T')),
+            "{c:?}"
+        );
+    }
+    // The admin API lists the replicas; the metrics show them and the deploy.
+    let admin = admin_port(&agent.log());
+    let replicas = format!("dewy_container_replicas{{app=\"{app}\"}} 2");
+    wait_for(
+        "the container metrics",
+        || get(admin, "/metrics").is_some_and(|m| m.contains(&replicas)),
+        &log,
+    );
+    let metrics = get(admin, "/metrics").unwrap();
+    for want in [
+        format!("dewy_container_desired_replicas{{app=\"{app}\"}} 2"),
+        format!(
+            "dewy_container_info{{app=\"{app}\",container=\"{}\"",
+            v1[0].name
+        ),
+        "state=\"running\"} 1".to_string(),
+        "dewy_deployments_total{command=\"container\"} 1".to_string(),
+        format!("dewy_proxy_connections_total{{proxy_port=\"{proxy}\"}}"),
+        format!("dewy_proxy_backends{{proxy_port=\"{proxy}\"}} 2"),
+        "dewy_healthchecks_total".to_string(),
+    ] {
+        assert!(metrics.contains(&want), "{want} missing in\n{metrics}");
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&get(admin, "/api/containers").unwrap()).unwrap();
+    let mut names: Vec<&str> = list["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert!(
+                c["ip_port"].as_str().unwrap().starts_with("127.0.0.1:"),
+                "{c}"
+            );
+            assert_eq!(c["labels"]["dewy.version"], "v1.0.0", "{c}");
+            assert_eq!(c["status"], "running", "{c}");
+            c["name"].as_str().unwrap()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, [v1[0].name.as_str(), v1[1].name.as_str()]);
+    // The extra run arguments reached the container.
+    let env = podman.ok(&["exec", &v1[0].name, "/bin/sh", "-c", "echo $GREETING"]);
+    assert_eq!(env.trim(), "hi");
+    let text = agent.log();
+    assert!(text.contains("TCP proxy started"), "{text}");
+    assert!(text.contains(&format!("proxy_port={proxy}")), "{text}");
+    assert!(
+        text.contains("All TCP proxies started successfully"),
+        "{text}"
+    );
+    assert!(text.contains("count=1"), "{text}");
+    assert_eq!(text.matches("Starting new container").count(), 2, "{text}");
+    assert!(
+        text.matches("Backend added to TCP proxy").count() >= 2,
+        "{text}"
+    );
+
+    // v2: rolling update; the old replicas go.
+    push_app(work.path(), &reg, &format!("demo/{app}"), "v2.0.0", true);
+    wait_for(
+        "the v2 deploy",
+        || {
+            agent
+                .log()
+                .matches("Container deployed successfully")
+                .count()
+                == 2
+        },
+        &log,
+    );
+    assert!(
+        only_version(&podman, app, "v2.0.0"),
+        "{:?}",
+        managed(&podman, app)
+    );
+    assert!(served(proxy).iter().all(|s| s.as_deref() == Some("v2.0.0")));
+    assert_eq!(agent.log().matches("Starting new container").count(), 4);
+
+    // The agent dies without cleaning up; a new one adopts the running replicas instead of
+    // starting an empty proxy (Dewy's quirk) or deploying again.
+    agent.signal("-KILL");
+    agent.wait();
+    drop(agent);
+    let mut agent = Agent::start(&dir, &podman, &args, "second");
+    let log = || agent.log();
+    wait_for(
+        "the adopted replicas skipping the deploy",
+        || agent.log().contains("Deploy skipped"),
+        &log,
+    );
+    let text = agent.log();
+    assert_eq!(
+        text.matches("Adopting running container").count(),
+        2,
+        "{text}"
+    );
+    assert!(!text.contains("Starting new container"), "{text}");
+    assert!(served(proxy).iter().all(|s| s.as_deref() == Some("v2.0.0")));
+
+    // v3 fails its health check: its replica is rolled back, v2 keeps serving.
+    push_app(work.path(), &reg, &format!("demo/{app}"), "v3.0.0", false);
+    wait_for(
+        "the v3 rollback",
+        || agent.log().contains("deploy rolled back"),
+        &log,
+    );
+    wait_for(
+        "no v3 container",
+        || only_version(&podman, app, "v2.0.0"),
+        &log,
+    );
+    let text = agent.log();
+    assert!(
+        text.contains("health check failed after") && text.contains("attempts within 4s"),
+        "{text}"
+    );
+    assert!(served(proxy).iter().all(|s| s.as_deref() == Some("v2.0.0")));
+    let metrics = get(admin_port(&agent.log()), "/metrics").unwrap();
+    assert!(
+        metrics.contains("dewy_healthchecks_failures_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dewy_deployment_errors_total{command=\"container\"} 1"),
+        "{metrics}"
+    );
+
+    // SIGTERM: the app's containers are stopped and removed, the proxy closes, exit 0.
+    agent.signal("-TERM");
+    let status = agent.wait();
+    assert!(status.success(), "{status:?}\n{}", agent.log());
+    assert!(managed(&podman, app).is_empty(), "{}", agent.log());
+    assert!(TcpStream::connect(("127.0.0.1", proxy)).is_err());
+}
+
+#[test]
+fn forbidden_extra_args_are_refused_with_exit_1() {
+    // No runtime or registry is reached: the arguments are checked first.
+    let dir = tempfile::tempdir().unwrap();
+    for (bad, said) in [
+        ("--privileged", "--privileged"),
+        ("-it", "-it"),
+        ("--label=dewy.app=x", "dewy."),
+    ] {
+        let out = run(
+            Command::new(bin("deploy-agent"))
+                .args([
+                    "container",
+                    "--registry",
+                    "img://127.0.0.1:1/demo/web",
+                    "-p",
+                    &format!("{}:8080", free_port()),
+                    "--runtime",
+                    "podman",
+                    "--",
+                    bad,
+                ])
+                .current_dir(dir.path()),
+            None,
+        );
+        out.assert_code(1);
+        out.assert_stderr_contains("Error:");
+        out.assert_stderr_contains(said);
+    }
+}
