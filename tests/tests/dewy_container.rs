@@ -279,6 +279,7 @@ fn rolling_update_rollback_adoption_and_shutdown() {
         "1",
         "--admin-port",
         &free_port().to_string(),
+        "--telemetry",
         "-l",
         "debug",
         "--",
