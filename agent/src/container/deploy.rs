@@ -187,7 +187,11 @@ async fn rolling(app: &App, image: &str, tag: &str) -> std::result::Result<usize
                 if let Some(id) = id {
                     discard(app, &id, &[]).await;
                 }
-                tracing::error!(container = %name, "Rolling back the {} new replica(s) of {tag}: {e:#}", started.len());
+                tracing::error!(
+                    container = %name,
+                    earlier_new_replicas = started.len(),
+                    "New replica of {tag} failed, removing the new replicas: {e:#}"
+                );
                 for (id, backends) in started.iter().rev() {
                     discard(app, id, backends).await;
                 }

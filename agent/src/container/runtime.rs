@@ -279,6 +279,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn login_gives_the_password_on_stdin_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("runtime");
+        // Records how it was called, as a runtime binary would receive it.
+        std::fs::write(
+            &bin,
+            "#!/bin/sh\nd=$(dirname \"$0\")\necho \"$@\" > \"$d/args\"\ncat > \"$d/stdin\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let rt = Runtime {
+            bin: bin.to_string_lossy().into_owned(),
+        };
+        // Another test thread forking while the script was open for writing makes exec fail
+        // with ETXTBSY for a moment.
+        let mut tries = 0;
+        while let Err(e) = rt.login("reg.example:5000", "bob", "s3cret").await {
+            tries += 1;
+            assert!(tries < 50 && format!("{e:#}").contains("busy"), "{e:#}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+        assert_eq!(args, "login -u bob --password-stdin reg.example:5000\n");
+        let stdin = std::fs::read_to_string(dir.path().join("stdin")).unwrap();
+        assert_eq!(stdin, "s3cret");
+    }
+
+    #[tokio::test]
     async fn exec_feeds_stdin_and_honours_the_limit() {
         // `sh` stands in for a runtime binary here: exec is the same for any program.
         let rt = Runtime { bin: "sh".into() };
