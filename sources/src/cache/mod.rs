@@ -8,7 +8,7 @@
 //!   remembers each artifact's key;
 //! - [`Shared::fetch`] serves an artifact from the staging directory, else from the bucket
 //!   (staged first), else from the registry, teed into staging and then written to the bucket
-//!   with `current` (Dewy's `Cached artifact`).
+//!   with `current` (Dewy's download path).
 //!
 //! Better than Dewy: bytes read from the bucket or staging are checked against the release's
 //! sha256 when the registry published one (a poisoned bucket is skipped, the registry's bytes
@@ -39,8 +39,9 @@ pub use config::{Backend, CacheConfig};
 use registry::RegistryCache;
 use remote::{Bucket, Remote};
 
-/// Dewy's log line when an artifact was downloaded and written to the cache.
-pub const CACHED_LOG: &str = "Cached artifact";
+/// Our log line when an artifact downloaded from the registry went into the bucket (the
+/// agent logs Dewy's `Cached artifact` itself, once per deploy).
+pub const WRITTEN_LOG: &str = "Artifact written to the shared cache";
 /// Our log line when an artifact came from the shared bucket instead of the registry.
 pub const SHARED_HIT_LOG: &str = "Artifact read from the shared cache";
 
@@ -308,7 +309,7 @@ impl Tee {
                 Ok(bytes) => match remote.write(&key, bytes).await {
                     Ok(()) => {
                         write_current(&remote, &staging, &key).await;
-                        tracing::info!(key, cache = %remote.describe(), "{CACHED_LOG}");
+                        tracing::info!(key, cache = %remote.describe(), "{WRITTEN_LOG}");
                     }
                     Err(e) => {
                         tracing::warn!(key, "cannot write the artifact to the shared cache: {e}")
