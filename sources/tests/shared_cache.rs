@@ -506,3 +506,67 @@ fn file_backend_has_no_shared_cache() {
     assert!(!config.is_atomic());
     assert_eq!(config::parse("").unwrap(), CacheConfig::default_file());
 }
+
+/// An entry as a member holding the refresh lock leaves it: no fresh answer, locked now.
+fn locked_entry(locked_at: time::OffsetDateTime) -> Vec<u8> {
+    serde_json::json!({
+        "fetched_at": "0001-01-01T00:00:00Z",
+        "locked_at": common::timefmt::rfc3339_nano(locked_at),
+        "locked_by": "other-host:7",
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn s3_a_held_lock_is_waited_for_and_an_expired_one_taken_over() {
+    let f = s3_fleet("1h");
+    let a = Member::new(&f.registry, &f.cache, "a:1", s3_env());
+    f.moto
+        .put("fleet", &f.entry, &locked_entry(common::timefmt::now()));
+    // The lock holder publishes its answer while `a` waits: `a` serves it without polling.
+    let published = serde_json::json!({
+        "response": {"ID": "x", "Tag": "v9.9.9", "ArtifactURL": "s3://us-east-1/rel/app/v9.9.9/app_linux_amd64.tar.gz",
+                     "CreatedAt": null, "Slot": ""},
+        "fetched_at": common::timefmt::rfc3339_nano(common::timefmt::now()),
+        "locked_at": "0001-01-01T00:00:00Z",
+    })
+    .to_string();
+    let waiting = a.current();
+    let publish = async {
+        // Any time within the lock TTL (60 s here) works; a little later than `a`'s first read.
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        f.moto.put("fleet", &f.entry, published.as_bytes());
+    };
+    let (got, ()) = tokio::join!(waiting, publish);
+    let got = got.unwrap();
+    assert_eq!(got.tag, "v9.9.9", "the lock holder's answer");
+    assert_eq!(got.layers[0].digest, None);
+    assert_eq!(a.polls(), 0);
+
+    // A lock older than the lock TTL is abandoned: taken over and refreshed.
+    let b = Member::new(
+        &f.registry,
+        &f.cache.replace(".cache/t", ".cache/v"),
+        "b:2",
+        s3_env(),
+    );
+    let canonical = format!(
+        "s3://us-east-1/rel/app?endpoint=http%3A%2F%2F127.0.0.1%3A{}",
+        f.moto.port
+    );
+    let entry_v = entry_name(".cache/v/", &canonical);
+    f.moto.put(
+        "fleet",
+        &entry_v,
+        &locked_entry(common::timefmt::now() - time::Duration::minutes(10)),
+    );
+    assert_eq!(b.current().await.unwrap().tag, "v1.0.0");
+    assert_eq!(b.polls(), 1);
+    let (doc, _) = f.moto.get("fleet", &entry_v).unwrap();
+    assert!(
+        json(&doc).get("locked_by").is_none(),
+        "{}",
+        String::from_utf8_lossy(&doc)
+    );
+}
