@@ -461,6 +461,35 @@ fn rolling_update_rollback_adoption_and_shutdown() {
             .all(|s| s.as_deref() == Some("v2.0.0"))
     );
 
+    // One replica goes away behind the agent's back: the image is deployed again (Dewy waits
+    // for a new version), and the gone replica's backend leaves the proxy.
+    let adopted = managed(&podman, app);
+    podman.ok(&["rm", "-f", "-t", "0", &adopted[0].name]);
+    wait_for(
+        "the redeploy of v2",
+        || agent.log().contains("Container deployed successfully"),
+        &log,
+    );
+    assert!(
+        agent.log().contains("deploying it again"),
+        "{}",
+        agent.log()
+    );
+    let healed = managed(&podman, app);
+    assert!(only_version(&podman, app, "v2.0.0"), "{healed:?}");
+    assert!(
+        healed
+            .iter()
+            .all(|c| adopted.iter().all(|a| a.name != c.name)),
+        "{healed:?} {adopted:?}"
+    );
+    assert!(served(proxy).iter().all(|s| s.as_deref() == Some("v2.0.0")));
+    assert!(
+        served(proxy2)
+            .iter()
+            .all(|s| s.as_deref() == Some("v2.0.0"))
+    );
+
     // A failing before-deploy hook aborts the deploy (Dewy #495): nothing is started.
     fs::write(dir.join("block"), "").unwrap();
     push_app(work.path(), &reg, &format!("demo/{app}"), "v3.0.0", false);
@@ -469,11 +498,7 @@ fn rolling_update_rollback_adoption_and_shutdown() {
         || agent.log().contains("before-deploy hook failed"),
         &log,
     );
-    assert!(
-        !agent.log().contains("Starting new container"),
-        "{}",
-        agent.log()
-    );
+    assert_eq!(agent.log().matches("Starting new container").count(), 2);
     assert!(only_version(&podman, app, "v2.0.0"));
     fs::remove_file(dir.join("block")).unwrap();
 

@@ -41,9 +41,20 @@ pub async fn tick(app: &App, source: &ImgSource, lc: &mut Lifecycle) -> Result<(
         return Ok(());
     }
     let image = format!("{}:{tag}", app.repo);
-    if !app.rt.running_of(&image, &app.app).await?.is_empty() {
+    // Dewy skips as soon as one replica of the image runs; we also deploy again when fewer
+    // than --replicas run (an agent killed mid-update, replicas that died, a raised count).
+    let running = app.rt.running_of(&image, &app.app).await?.len();
+    if running >= app.replicas {
         tracing::debug!(tag, image = %image, "Deploy skipped");
         return Ok(());
+    }
+    if running > 0 {
+        tracing::warn!(
+            tag,
+            running,
+            desired = app.replicas,
+            "Fewer replicas of the current image run than wanted: deploying it again"
+        );
     }
     let started = Instant::now();
     pull(app, &image).await?;
@@ -210,6 +221,11 @@ async fn rolling(app: &App, image: &str, tag: &str) -> std::result::Result<usize
     for c in old.iter().filter(|c| !new.contains(c.id.as_str())) {
         retire(app, c).await;
     }
+    let current: Vec<_> = started
+        .iter()
+        .flat_map(|(_, b)| b.iter().copied())
+        .collect();
+    app.keep_only(&current);
     reap(app).await;
     Ok(started.len())
 }

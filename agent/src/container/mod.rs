@@ -8,7 +8,8 @@
 //! - [`deploy`]: one tick (pull, hooks, rolling update, rollback, reaping, image GC).
 //!
 //! Unlike Dewy: ticks never overlap; on start the running replicas of the app are adopted as
-//! proxy backends (Dewy's proxy stays empty after a restart until a new version comes); a
+//! proxy backends (Dewy's proxy stays empty after a restart until a new version comes); the
+//! current image is deployed again when fewer than `--replicas` of it run (Dewy: when none); a
 //! replaced replica is drained (up to `--drain-time`, until its proxied connections end)
 //! before it is stopped; image GC never removes the image of a running replica.
 
@@ -196,6 +197,19 @@ impl App {
         for (i, addr) in b {
             if let Some((p, _)) = self.proxies.list.get(*i) {
                 p.add(*addr);
+            }
+        }
+        self.update_status();
+    }
+
+    /// Leaves only `keep` in the proxies: backends of replicas that went away by other means
+    /// (removed by hand, died) are dropped after a deploy.
+    pub fn keep_only(&self, keep: &[(usize, SocketAddr)]) {
+        for (i, (p, _)) in self.proxies.list.iter().enumerate() {
+            for addr in p.backends() {
+                if !keep.contains(&(i, addr)) {
+                    p.remove(addr);
+                }
             }
         }
         self.update_status();

@@ -187,29 +187,40 @@ impl Proxy {
             labels,
             1,
         );
-        let Some((addr, backend_active)) = self.pick() else {
-            return;
-        };
+        // Unlike Dewy, a backend that cannot be reached (a replica that died since) does not
+        // cost the client its connection while another one is there: each is tried once.
+        let tries = self.lock().len();
+        let mut dialled = None;
         let started = Instant::now();
-        let backend = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                tracing::warn!(proxy_port = self.port, backend = %addr, error = %e, "TCP proxy cannot reach backend");
-                self.error();
-                return;
+        for _ in 0..tries {
+            let Some((addr, active)) = self.pick() else {
+                break;
+            };
+            let started = Instant::now();
+            match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(b)) => {
+                    dialled = Some((b, addr, active, started.elapsed()));
+                    break;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(proxy_port = self.port, backend = %addr, error = %e, "TCP proxy cannot reach backend");
+                    self.error();
+                }
+                Err(_) => {
+                    tracing::warn!(proxy_port = self.port, backend = %addr, "TCP proxy backend dial timed out");
+                    self.error();
+                }
             }
-            Err(_) => {
-                tracing::warn!(proxy_port = self.port, backend = %addr, "TCP proxy backend dial timed out");
-                self.error();
-                return;
-            }
+        }
+        let Some((backend, addr, backend_active, latency)) = dialled else {
+            return;
         };
         self.metrics.observe_duration(
             "dewy_proxy_connect_latency_seconds",
             "Time to connect to a backend",
             LATENCY_BUCKETS,
             labels,
-            started.elapsed(),
+            latency,
         );
         let _ = client.set_nodelay(true);
         let _ = backend.set_nodelay(true);
@@ -457,6 +468,16 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(read_all(port).await, "b");
         }
+        // A backend nobody listens on any more is passed over.
+        let dead = {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap()
+        };
+        p.add(dead);
+        for _ in 0..4 {
+            assert_eq!(read_all(port).await, "b");
+        }
+        p.remove(dead);
         assert_eq!(proxies.backend_count(), 1);
         proxies.stop();
     }
