@@ -570,3 +570,24 @@ async fn s3_a_held_lock_is_waited_for_and_an_expired_one_taken_over() {
         String::from_utf8_lossy(&doc)
     );
 }
+
+#[test]
+fn registry_ttl_needs_a_one_artifact_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config::parse("s3://us-east-1/fleet/c?registry-ttl=30s").unwrap();
+    let open = |registry: &str| {
+        Shared::open(
+            &config,
+            registry,
+            dir.path().to_path_buf(),
+            1,
+            &http(),
+            s3_env(),
+        )
+        .unwrap()
+        .unwrap()
+    };
+    let key = open("ghr://o/r").registry_key().unwrap();
+    assert!(key.starts_with("c/registry-cache/"), "{key}");
+    assert_eq!(open("img://ghcr.io/o/app").registry_key(), None);
+}

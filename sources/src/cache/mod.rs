@@ -103,8 +103,14 @@ impl Shared {
                 prefix: prefix.clone(),
             },
         };
-        let registry = (!config.registry_ttl.is_zero())
+        let mut registry = (!config.registry_ttl.is_zero())
             .then(|| RegistryCache::new(registry_url, &Platform::current(), config.registry_ttl));
+        if registry.is_some() && registry_url.starts_with("img://") {
+            // Our image releases are their layers, which Dewy's entry (one artifact URL)
+            // cannot carry: every member would poll anyway, and rewrite the entry each time.
+            tracing::warn!("registry-ttl is not used with img:// registries");
+            registry = None;
+        }
         Ok(Some(Shared {
             remote: Arc::new(remote),
             staging,
