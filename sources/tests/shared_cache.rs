@@ -53,6 +53,10 @@ struct Member {
 
 impl Member {
     fn new(registry: &str, cache: &str, owner: &str, env: Env) -> Member {
+        Member::with_max(registry, cache, owner, env, 1 << 20)
+    }
+
+    fn with_max(registry: &str, cache: &str, owner: &str, env: Env, max: u64) -> Member {
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let url = RegistryUrl::parse(registry).unwrap();
         let upstream = match &url {
@@ -75,7 +79,7 @@ impl Member {
             &config,
             registry,
             staging.path().to_path_buf(),
-            1 << 20,
+            max,
             &http(),
             env,
         )
@@ -590,4 +594,17 @@ fn registry_ttl_needs_a_one_artifact_registry() {
     let key = open("ghr://o/r").registry_key().unwrap();
     assert!(key.starts_with("c/registry-cache/"), "{key}");
     assert_eq!(open("img://ghcr.io/o/app").registry_key(), None);
+}
+
+#[tokio::test]
+async fn s3_reads_are_capped() {
+    let f = s3_fleet("0s");
+    f.moto.put("fleet", &format!(".cache/t/{KEY}"), &[b'x'; 64]);
+    let small = ARTIFACT.len() as u64 - 1;
+    let a = Member::with_max(&f.registry, &f.cache, "a:1", s3_env(), small);
+    let r = a.current().await.unwrap();
+    let err = a.fetch(&r.layers[0]).await.unwrap_err();
+    assert!(err.contains(&format!("larger than {small} bytes")), "{err}");
+    assert_eq!(a.downloads(), 1, "the oversized bucket object was skipped");
+    assert_eq!(a.staged(KEY), None);
 }

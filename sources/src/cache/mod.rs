@@ -361,6 +361,8 @@ impl AsyncRead for Tee {
             }
             this.total += new.len() as u64;
             if this.total > this.max {
+                // An error must come with no bytes read.
+                buf.set_filled(before);
                 this.file = None;
                 let _ = std::fs::remove_file(&this.tmp);
                 this.done = true;
