@@ -418,6 +418,28 @@ async fn slack_threads_follow_the_release() {
 }
 
 #[tokio::test]
+async fn slack_thread_of_the_running_release_at_start() {
+    let peer = SlackPeer::start().await;
+    let workdir = tempfile::tempdir().unwrap();
+    let release = workdir.path().join("releases/20250101T000000Z");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::write(release.join(".slack-thread-ts"), " 1699999999.000042 \n").unwrap();
+    std::os::unix::fs::symlink(&release, workdir.path().join("current")).unwrap();
+    let env = env_of(vec![
+        ("SLACK_TOKEN", TOKEN.into()),
+        ("SLACK_API_URL", peer.api_url()),
+    ]);
+    let n = Notifier::from_url_in("slack://deploys?thread=1", &env, workdir.path()).unwrap();
+    n.send(&msg::started("2.19.0", "server")).await;
+    let got = peer.take();
+    assert_eq!(got[0].body["thread_ts"], "1699999999.000042");
+    assert_eq!(
+        got[0].body["attachments"][0]["text"],
+        "Automatic shipping started by *Dewy* (v2.19.0: server)"
+    );
+}
+
+#[tokio::test]
 async fn slack_api_errors_are_logged_not_returned() {
     let (logs, _guard) = Logs::start();
     let peer = SlackPeer::start().await;
@@ -514,6 +536,11 @@ fn from_url_dispatch_and_errors() {
         "slack notifier: schema: invalid path \"colour\""
     );
     assert!(Notifier::from_url("slack://deploys", &token).is_ok());
+    let spaced = env_of(vec![("SLACK_TOKEN", "xoxb-1 2".into())]);
+    assert_eq!(
+        err("slack://deploys", &spaced),
+        "slack notifier: SLACK_TOKEN holds spaces or control characters"
+    );
     assert!(
         err("mail://mx.example.com/ops@example.com", &none)
             .starts_with("mail notifier: mail username is required")
@@ -652,7 +679,8 @@ async fn mail_is_delivered_with_auth() {
         "mail://127.0.0.1:{}/ops@example.com?username=bot&password=s3cret+pass&from=dewy@example.com&subject=Deploys",
         smtpd.port
     );
-    let n = Notifier::from_url(&url, &|_| None).unwrap();
+    let workdir = tempfile::tempdir().unwrap();
+    let n = Notifier::from_url_in(&url, &|_| None, workdir.path()).unwrap();
     n.send(&msg::server_started("v3", true)).await;
     n.send_hook_result(&hook(HookKind::BeforeDeploy, false))
         .await;
@@ -670,16 +698,21 @@ async fn mail_is_delivered_with_auth() {
     assert_eq!(m["X-MailFrom"], "dewy@example.com");
     assert_eq!(m["X-RcptTo"], "ops@example.com");
     let body = m["body"].as_str().unwrap().to_string();
-    let cwd = std::env::current_dir().unwrap();
-    let head = format!("Server started for `v3`\n\nHost: {}\nUser: ", hostname());
-    assert!(body.starts_with(&head), "{body:?}");
-    assert!(
-        body.ends_with(&format!(
-            "\nWorking dir: {}{}",
-            cwd.display(),
+    // The user's full name as getent sees it (GECOS up to the first comma).
+    let gecos = Command::new("sh")
+        .args(["-c", "getent passwd $(id -u) | cut -d: -f5 | cut -d, -f1"])
+        .output()
+        .unwrap();
+    let user = String::from_utf8(gecos.stdout).unwrap();
+    assert_eq!(
+        body,
+        format!(
+            "Server started for `v3`\n\nHost: {}\nUser: {}\nWorking dir: {}{}",
+            hostname(),
+            user.trim_end_matches('\n'),
+            workdir.path().display(),
             footer_tail()
-        )),
-        "{body:?}"
+        )
     );
 
     let m = smtpd.find("Dewy Before Deploy Hook FAILED");

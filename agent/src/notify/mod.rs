@@ -54,6 +54,18 @@ impl Notifier {
     /// missing token/field is an error the caller reports at start (Dewy panics or silently
     /// drops notifications). `env` reads the environment (SLACK_TOKEN, SLACK_API_URL, MAIL_*).
     pub fn from_url(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Notifier, String> {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        Notifier::from_url_in(url, env, &cwd)
+    }
+
+    /// [`Notifier::from_url`] for an agent working in `workdir` instead of the current
+    /// directory: Slack threads start from `<workdir>/current/.slack-thread-ts`, mails name
+    /// it as the working directory.
+    pub fn from_url_in(
+        url: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        workdir: &Path,
+    ) -> Result<Notifier, String> {
         if url.is_empty() {
             return Ok(Notifier::null());
         }
@@ -62,15 +74,14 @@ impl Notifier {
             "slack" => {
                 let cfg = SlackConfig::parse(url).map_err(|e| format!("slack notifier: {e}"))?;
                 let quiet = cfg.quiet;
-                let cwd = std::env::current_dir().unwrap_or_default();
-                let s = slack::Slack::new(cfg, env, &origin::hostname(), &cwd)
+                let s = slack::Slack::new(cfg, env, &origin::hostname(), workdir)
                     .map_err(|e| format!("slack notifier: {e}"))?;
                 Ok(Notifier::with(Backend::Slack(s), quiet))
             }
             "mail" | "smtp" => {
                 let cfg = MailConfig::parse(url, env).map_err(|e| format!("mail notifier: {e}"))?;
                 let quiet = cfg.quiet;
-                let m = mail::Mail::new(cfg, origin::origin())
+                let m = mail::Mail::new(cfg, origin::origin(workdir))
                     .map_err(|e| format!("mail notifier: {e}"))?;
                 Ok(Notifier::with(Backend::Mail(m), quiet))
             }

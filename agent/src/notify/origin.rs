@@ -9,13 +9,11 @@ pub(super) fn hostname() -> String {
         .unwrap_or_default()
 }
 
-pub(super) fn origin() -> Origin {
+pub(super) fn origin(workdir: &std::path::Path) -> Origin {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     Origin {
         hostname: hostname(),
         user: passwd_full_name(&passwd, rustix::process::getuid().as_raw()).unwrap_or_default(),
-        cwd: std::env::current_dir()
-            .map(|d| d.display().to_string())
-            .unwrap_or_default(),
+        cwd: workdir.display().to_string(),
     }
 }

@@ -51,11 +51,15 @@ impl Slack {
         cfg: SlackConfig,
         env: &dyn Fn(&str) -> Option<String>,
         hostname: &str,
-        cwd: &Path,
+        workdir: &Path,
     ) -> Result<Slack, String> {
         let token = env("SLACK_TOKEN").filter(|t| !t.is_empty()).ok_or(
             "SLACK_TOKEN is required (a bot token with chat:write and chat:write.customize)",
         )?;
+        // It goes into a header: refuse here what would fail every post later.
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("SLACK_TOKEN holds spaces or control characters".into());
+        }
         let base = env(ENV_API_URL)
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| DEFAULT_API_URL.into());
@@ -74,7 +78,7 @@ impl Slack {
             hostname: hostname.to_string(),
             thread_ts: Mutex::new(None),
         };
-        slack.on_deploy(&cwd.join("current"));
+        slack.on_deploy(&workdir.join("current"));
         Ok(slack)
     }
 
