@@ -95,13 +95,22 @@ pub async fn run(ctx: Arc<Context>, url: RegistryUrl, source: ImgSource) -> bool
 }
 
 /// `/api/containers`: the app's running managed containers, inspected.
+/// At most two listings run at once, however many requests come (each costs two runtime
+/// processes).
 pub fn lister(args: &DewyArgs) -> ListContainers {
     let app = parse::app_name(&args.name, &args.registry);
     let bin = args.runtime.clone();
+    let gate = Arc::new(tokio::sync::Semaphore::new(2));
     Arc::new(move || {
         let app = app.clone();
         let rt = Runtime { bin: bin.clone() };
-        Box::pin(async move { list(&rt, &app).await })
+        let gate = gate.clone();
+        Box::pin(async move {
+            let Ok(_permit) = gate.acquire_owned().await else {
+                return Vec::new();
+            };
+            list(&rt, &app).await
+        })
     })
 }
 
