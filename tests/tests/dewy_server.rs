@@ -1,0 +1,424 @@
+//! `deploy-agent server` (Dewy's server mode, spec dewy.md 8.5, 8.6, 10, 12 #490) end to end:
+//! releases of `tests/fixtures/server_app.py` as `app_linux_<arch>.tar.gz` artifacts in moto's
+//! S3, the agent polling every second and keeping the app running on the ports it binds, as
+//! Dewy's e2e runs `dewy server -p 8000 -- $PWD/current/dewy-testapp`.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use e2e::peers::Moto;
+use e2e::*;
+
+/// Generous bounds for things that take seconds: they fail a hung test, they time nothing.
+const LONG: Duration = Duration::from_secs(120);
+
+fn goarch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// moto with bucket `rel`; releases under `app/<tag>/`.
+struct Store {
+    moto: Moto,
+}
+
+impl Store {
+    fn start() -> Store {
+        let moto = Moto::start();
+        moto.bucket("rel");
+        Store { moto }
+    }
+
+    fn registry(&self) -> String {
+        format!("s3://us-east-1/rel/app?endpoint={}", self.moto.url())
+    }
+
+    /// Publishes `tag` serving `version` on `/`; with `unhealthy`, its `/health` answers 500.
+    fn publish(&self, tag: &str, version: &str, unhealthy: bool) {
+        let app = fs::read(workspace().join("tests/fixtures/server_app.py")).unwrap();
+        let mut files: Vec<(&str, &[u8])> =
+            vec![("server_app.py", &app), ("VERSION", version.as_bytes())];
+        if unhealthy {
+            files.push(("UNHEALTHY", b""));
+        }
+        let name = format!("app_linux_{}.tar.gz", goarch());
+        self.moto
+            .put("rel", &format!("app/{tag}/{name}"), &tar_gz(&files));
+    }
+}
+
+/// A running `deploy-agent server ...` in a temp cwd; stdout (where the workers print) and
+/// stderr (the log) go to files. Stopped on drop.
+struct Server {
+    dir: tempfile::TempDir,
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(store: &Store, extra: &[&str]) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("e2e-dewy-server")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let script = dir.path().join("current/server_app.py");
+        let child = Command::new(bin("deploy-agent"))
+            .arg("server")
+            .args(["--registry", &store.registry(), "-i", "1"])
+            .args(["-p", &port.to_string(), "-l", "info"])
+            .args(extra)
+            .arg("--")
+            .arg("python3")
+            .arg(&script)
+            .current_dir(dir.path())
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env_remove("DEWY_CACHEDIR")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("KILL_OLD_DELAY")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.path().join("agent.out")).unwrap())
+            .stderr(fs::File::create(dir.path().join("agent.log")).unwrap())
+            .spawn()
+            .unwrap();
+        Server { dir, child, port }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// What the workers printed.
+    fn out(&self) -> String {
+        fs::read_to_string(self.path().join("agent.out")).unwrap_or_default()
+    }
+
+    fn both(&self) -> String {
+        format!(
+            "--- agent log ---\n{}\n--- stdout ---\n{}",
+            self.log(),
+            self.out()
+        )
+    }
+
+    fn current(&self) -> PathBuf {
+        fs::read_link(self.path().join("current")).expect("current symlink")
+    }
+
+    fn wait_for(&self, what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + LONG;
+        while !ok() {
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for {what}\n{}",
+                self.both()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn serving(&self, version: &str) {
+        self.wait_for(&format!("{version} on port {}", self.port), || {
+            get(self.port, "/").is_ok_and(|(code, body)| code == 200 && body == version)
+        });
+    }
+
+    fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill {sig}");
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + LONG;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not exit\n{}",
+                self.both()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The worker's pid and generation, from its `/info`.
+    fn worker(&self) -> (u32, u64) {
+        let (code, info) = get(self.port, "/info").unwrap();
+        assert_eq!(code, 200, "{info}");
+        let parts: Vec<&str> = info.split(' ').collect();
+        (parts[2].parse().unwrap(), parts[1].parse().unwrap())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM first so the agent stops its worker; SIGKILL if it hangs (the worker then
+        // dies of the agent's death, PR_SET_PDEATHSIG).
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One `GET` on a connection of its own: (status, body).
+fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    // Generous: during a restart a connection waits in the backlog for the new worker.
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {text:?}")))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
+    Ok((status, body.trim().to_string()))
+}
+
+/// A client doing back-to-back GETs, each on a connection of its own, until stopped.
+struct Hammer {
+    stop: Arc<AtomicBool>,
+    latest: Arc<Mutex<String>>,
+    thread: std::thread::JoinHandle<(u32, Vec<String>, Vec<String>)>,
+}
+
+impl Hammer {
+    fn start(port: u16) -> Hammer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let latest = Arc::new(Mutex::new(String::new()));
+        let (s, l) = (stop.clone(), latest.clone());
+        let thread = std::thread::spawn(move || {
+            let (mut ok, mut failures, mut seen) = (0u32, Vec::new(), Vec::<String>::new());
+            // Bounded: the test stops it long before.
+            for _ in 0..500_000 {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                match get(port, "/") {
+                    Ok((200, body)) => {
+                        ok += 1;
+                        if seen.last() != Some(&body) {
+                            seen.push(body.clone());
+                        }
+                        *l.lock().unwrap() = body;
+                    }
+                    other => failures.push(format!("{other:?}")),
+                }
+            }
+            (ok, failures, seen)
+        });
+        Hammer {
+            stop,
+            latest,
+            thread,
+        }
+    }
+
+    fn got(&self, version: &str) -> bool {
+        *self.latest.lock().unwrap() == version
+    }
+
+    /// (good answers, failures, versions in the order seen)
+    fn finish(self) -> (u32, Vec<String>, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.contains(needle)).count()
+}
+
+fn refused(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_err()
+}
+
+/// Whether the process is gone (or a zombie nobody reaped yet: it holds no socket).
+fn gone(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+#[test]
+fn serves_the_first_release_and_updates_without_dropping_a_connection() {
+    let store = Store::start();
+    store.publish("v1.0.0", "1.0.0", false);
+    let mut server = Server::start(&store, &[]);
+    server.serving("1.0.0");
+    let first = server.current();
+
+    let hammer = Hammer::start(server.port);
+    server.wait_for("the client's first answer", || hammer.got("1.0.0"));
+    store.publish("v1.1.0", "1.1.0", false);
+    server.wait_for("the client served 1.1.0", || hammer.got("1.1.0"));
+    let (ok, failures, seen) = hammer.finish();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {failures:?}\n{}",
+        failures.len(),
+        ok as usize + failures.len(),
+        server.both()
+    );
+    assert_eq!(seen.first().map(String::as_str), Some("1.0.0"), "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("1.1.0"), "{seen:?}");
+    assert_ne!(server.current(), first);
+    assert_eq!(
+        fs::read_to_string(server.path().join("current/VERSION")).unwrap(),
+        "1.1.0"
+    );
+
+    let log = server.log();
+    assert_eq!(count(&log, "Create symlink"), 2, "{log}");
+    assert_eq!(count(&log, " ERROR "), 0, "{log}");
+    // The workers' own output is the agent's stdout (Dewy's e2e greps it there).
+    let out = server.out();
+    assert!(
+        out.contains("starting version 1.0.0 generation 1\n")
+            && out.contains("starting version 1.1.0 generation 2\n"),
+        "{out}"
+    );
+    // The old worker was stopped gracefully (SIGTERM, it finished and said so).
+    assert!(
+        out.contains("stopped version 1.0.0 generation 1\n"),
+        "{out}"
+    );
+
+    server.signal("-TERM");
+    assert!(server.wait_exit().success(), "{}", server.both());
+    assert!(refused(server.port));
+}
+
+#[test]
+fn a_release_failing_its_health_check_is_rolled_back_and_not_retried() {
+    let store = Store::start();
+    store.publish("v1.1.0", "1.1.0", false);
+    let server = Server::start(
+        &store,
+        &["--health-path", "/health", "--health-timeout", "6"],
+    );
+    server.serving("1.1.0");
+    server.wait_for("the first health check", || {
+        server.log().contains("Server started")
+    });
+    let good = server.current();
+
+    store.publish("v1.2.0", "1.2.0", true);
+    server.wait_for("the rollback", || server.log().contains("Rolled back"));
+    server.serving("1.1.0");
+    assert_eq!(server.current(), good, "{}", server.both());
+    let log = server.log();
+    let rollback = log
+        .lines()
+        .find(|l| l.contains("Rolled back"))
+        .unwrap()
+        .to_string();
+    assert!(
+        rollback.contains("v1.2.0") && rollback.contains("health check failed after"),
+        "{rollback}"
+    );
+    // v1.1.0, v1.2.0, and v1.1.0 again.
+    assert_eq!(count(&log, "Create symlink"), 3, "{log}");
+
+    // Ticks go on (one a second) without trying v1.2.0 again: its worker started once.
+    let (_, generation) = server.worker();
+    let ticks_before = count(&server.log(), "v1.2.0");
+    std::thread::sleep(Duration::from_secs(5));
+    let log = server.log();
+    let out = server.out();
+    assert_eq!(count(&out, "starting version 1.2.0"), 1, "{out}");
+    assert_eq!(count(&log, "Create symlink"), 3, "{log}");
+    assert_eq!(count(&log, "v1.2.0"), ticks_before, "{log}");
+    assert_eq!(server.worker().1, generation, "{}", server.both());
+    assert_eq!(get(server.port, "/").unwrap().1, "1.1.0");
+}
+
+#[test]
+fn sighup_and_sigusr1_restart_the_worker_and_sigterm_stops_everything() {
+    let store = Store::start();
+    store.publish("v1.0.0", "1.0.0", false);
+    let mut server = Server::start(&store, &[]);
+    server.serving("1.0.0");
+    let (first, generation) = server.worker();
+    assert_eq!(generation, 1);
+
+    server.signal("-HUP");
+    server.wait_for("generation 2", || {
+        server
+            .out()
+            .contains("starting version 1.0.0 generation 2\n")
+    });
+    server.wait_for("the old worker gone", || gone(first));
+    server.wait_for("generation 2 serving", || server.worker().1 == 2);
+
+    server.signal("-USR1");
+    server.wait_for("generation 3", || {
+        server
+            .out()
+            .contains("starting version 1.0.0 generation 3\n")
+    });
+    server.wait_for("generation 3 serving", || server.worker().1 == 3);
+    let (last, _) = server.worker();
+    assert_eq!(count(&server.log(), "Create symlink"), 1);
+
+    server.signal("-TERM");
+    let status = server.wait_exit();
+    assert!(status.success(), "{status:?}\n{}", server.both());
+    assert!(refused(server.port), "a worker still holds the port");
+    server.wait_for("the last worker gone", || gone(last));
+    assert!(
+        server
+            .out()
+            .contains("stopped version 1.0.0 generation 3\n"),
+        "{}",
+        server.both()
+    );
+}
+
+#[test]
+fn a_killed_agent_takes_its_worker_along() {
+    let store = Store::start();
+    store.publish("v1.0.0", "1.0.0", false);
+    let mut server = Server::start(&store, &[]);
+    server.serving("1.0.0");
+    let (worker, _) = server.worker();
+    server.signal("-KILL");
+    server.wait_exit();
+    server.wait_for("the orphan worker gone", || gone(worker));
+    assert!(refused(server.port), "an orphan holds the port");
+}
