@@ -116,7 +116,6 @@ fn assert_dewy_entry(doc: &[u8], tag: &str, artifact_url: &str) -> serde_json::V
 }
 
 #[test]
-#[ignore = "needs -cache wired into dewy::main: store::build_cached_source and store::dewy_cache_dir_for (lead)"]
 fn s3_two_hosts_poll_and_download_once_then_survive_an_outage() {
     let moto = Moto::start();
     moto.bucket("rel");
@@ -204,7 +203,6 @@ fn s3_two_hosts_poll_and_download_once_then_survive_an_outage() {
 }
 
 #[test]
-#[ignore = "needs -cache wired into dewy::main: store::build_cached_source and store::dewy_cache_dir_for (lead)"]
 fn gs_two_hosts_poll_and_download_once() {
     let gcs = FakeGcs::start();
     gcs.bucket("rel");
@@ -233,7 +231,6 @@ fn gs_two_hosts_poll_and_download_once() {
 }
 
 #[test]
-#[ignore = "needs -cache wired into dewy::main: store::build_cached_source and store::dewy_cache_dir_for (lead)"]
 fn file_cache_dir() {
     let moto = Moto::start();
     moto.bucket("rel");

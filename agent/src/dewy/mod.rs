@@ -93,7 +93,7 @@ pub fn main(opts: Options, url: RegistryUrl) -> ExitCode {
         }
     };
     let ok = rt.block_on(async move {
-        let source = match build_source(&url) {
+        let source = match store::build_cached_source(&url, &opts) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("{e}");
@@ -147,7 +147,7 @@ impl ReleaseAgent {
         cancel: CancellationToken,
     ) -> ReleaseAgent {
         let cache = Cache::new(opts.dir.join("cache"), opts.io_timeout);
-        let dewy_dir = store::dewy_cache_dir(&opts.dir);
+        let dewy_dir = store::dewy_cache_dir_for(&opts);
         ReleaseAgent {
             opts,
             name,
@@ -377,7 +377,9 @@ impl ReleaseAgent {
         self.corrupt_reported = None;
         if let (Some(key), [hash]) = (&key, hashes.as_slice()) {
             store::write_keys(&self.cache, &self.dewy_dir, key, hash);
-            tracing::info!(cache_key = %key, "Cached artifact");
+            if fetched_bytes > 0 {
+                tracing::info!(cache_key = %key, "Cached artifact");
+            }
         }
         if self.lifecycle.is_some() {
             self.activate(&release.tag, previous).await?;

@@ -560,8 +560,8 @@ async fn release_mode(
         None
     };
 
-    let source = super::build_source(&url)?;
     let opts = options_for(&ctx)?;
+    let source = super::store::build_cached_source(&url, &opts)?;
     let lifecycle = Lifecycle::new(ctx.clone(), supervisor.clone());
     let mut agent = super::ReleaseAgent::new(opts, url.to_string(), source, ctx.cancel.clone())
         .with_lifecycle(lifecycle);
@@ -599,7 +599,16 @@ fn options_for(ctx: &Context) -> anyhow::Result<crate::cli::Options> {
     opts.state = ctx.dir.join(".dewy").join("state.json");
     opts.poll = Duration::from_secs(ctx.args.interval.max(1));
     opts.slot = ctx.args.slot.clone();
-    opts.registry = Some(ctx.args.registry.clone());
+    // The shared registry cache names its entry after this text: Dewy's, which has
+    // `--calver` injected into the query.
+    let mut registry = ctx.args.registry.clone();
+    if !ctx.args.calver.is_empty() {
+        registry.push(if registry.contains('?') { '&' } else { '?' });
+        registry.push_str("calver=");
+        registry.push_str(&ctx.args.calver);
+    }
+    opts.registry = Some(registry);
+    opts.cache = ctx.args.cache.clone();
     std::fs::create_dir_all(ctx.dir.join(".dewy"))?;
     Ok(opts)
 }
