@@ -4,6 +4,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -277,9 +278,15 @@ async fn restarts_under_a_stream_of_requests_drop_no_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_dies_is_respawned_as_a_new_generation() {
+    // Dewy's own e2e form: the command is a path through `current`, relative here.
     let site = Site::new("1.0.0");
+    let script = site.path().join("releases/1.0.0/server_app.py");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
     let port = free_port();
-    let sup = Supervisor::bind(site.config(&[port])).unwrap();
+    let mut config = site.config(&[port]);
+    config.command = "./current/server_app.py".into();
+    config.args.clear();
+    let sup = Supervisor::bind(config).unwrap();
     sup.start_or_restart().await.unwrap();
     serving(port, "1.0.0").await;
     let (_, info) = get_async(port, "/info").await.unwrap();
