@@ -217,3 +217,39 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_under_the_base() {
+        let e = |b: &str| api_endpoint(b).map(|u| u.to_string());
+        assert_eq!(
+            e(DEFAULT_API_URL).unwrap(),
+            "https://slack.com/api/chat.postMessage"
+        );
+        assert_eq!(
+            e("http://127.0.0.1:8080/proxy/api").unwrap(),
+            "http://127.0.0.1:8080/proxy/api/chat.postMessage"
+        );
+        assert!(
+            e("not a url")
+                .unwrap_err()
+                .starts_with("SLACK_API_URL: not a URL")
+        );
+    }
+
+    #[test]
+    fn thread_file_is_trimmed_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join(THREAD_FILE);
+        assert_eq!(read_thread_ts(&f), None);
+        std::fs::write(&f, "\n 1700000000.000001 \n").unwrap();
+        assert_eq!(read_thread_ts(&f).as_deref(), Some("1700000000.000001"));
+        std::fs::write(&f, "  \n").unwrap();
+        assert_eq!(read_thread_ts(&f), None);
+        std::fs::write(&f, "9".repeat(4096)).unwrap();
+        assert_eq!(read_thread_ts(&f), None);
+    }
+}
