@@ -422,3 +422,34 @@ fn a_killed_agent_takes_its_worker_along() {
     server.wait_for("the orphan worker gone", || gone(worker));
     assert!(refused(server.port), "an orphan holds the port");
 }
+
+#[test]
+fn a_worker_killed_behind_the_agents_back_is_respawned() {
+    let store = Store::start();
+    store.publish("v1.0.0", "1.0.0", false);
+    let server = Server::start(&store, &[]);
+    server.serving("1.0.0");
+    let (worker, _) = server.worker();
+    let st = Command::new("kill")
+        .args(["-KILL", &worker.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    server.wait_for("generation 2 serving", || {
+        get(server.port, "/info").is_ok_and(|(_, info)| info.starts_with("1.0.0 2 "))
+    });
+    let log = server.log();
+    let exited = log
+        .lines()
+        .find(|l| l.contains("worker exited"))
+        .unwrap_or_else(|| panic!("no 'worker exited' line:\n{log}"));
+    assert!(
+        exited.contains(&format!("pid={worker}"))
+            && exited.contains("generation=1")
+            && exited.contains("SIGKILL"),
+        "{exited}"
+    );
+    // A respawn is not a deploy.
+    assert_eq!(count(&log, "Create symlink"), 1, "{log}");
+    assert!(gone(worker));
+}
