@@ -456,3 +456,22 @@ async fn probe_tells_healthy_from_unhealthy_and_absent() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_worker_is_retried_until_shutdown_and_never_after() {
+    let site = Site::new("1.0.0");
+    let mut config = site.config(&[free_port()]);
+    config.args = vec!["-c".into(), "import sys; sys.exit(3)".into()];
+    let sup = Supervisor::bind(config).unwrap();
+    sup.start_or_restart().await.unwrap();
+    // Respawned after 1 s, then 2 s (the backoff).
+    eventually(60, "two respawns", || (sup.generation() >= 3).then_some(())).await;
+    assert!(sup.is_running());
+    sup.shutdown().await;
+    assert!(!sup.is_running());
+    let generation = sup.generation();
+    // Longer than the next backoff (4 s): a respawn still pending would have happened.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(sup.generation(), generation);
+    assert!(sup.worker_pids().is_empty());
+}
