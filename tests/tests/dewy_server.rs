@@ -330,7 +330,9 @@ fn a_release_failing_its_health_check_is_rolled_back_and_not_retried() {
     store.publish("v1.1.0", "1.1.0", false);
     let server = Server::start(
         &store,
-        &["--health-path", "/health", "--health-timeout", "6"],
+        // A budget a loaded CI machine cannot miss for a healthy start; the broken release
+        // uses it all (attempts every 2 s).
+        &["--health-path", "/health", "--health-timeout", "15"],
     );
     server.serving("1.1.0");
     server.wait_for("the first health check", || {
