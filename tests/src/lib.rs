@@ -15,6 +15,7 @@
 //! - [`sha256_hex`], [`upload`]: content hashes, uploading a blob.
 
 pub mod peers;
+pub mod smtp;
 
 use std::fmt;
 use std::fs;

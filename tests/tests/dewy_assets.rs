@@ -323,3 +323,94 @@ fn command_line_errors_exit_1_with_a_clear_text() {
     );
     out.assert_code(1).assert_stderr_contains("pigeon");
 }
+
+/// The notifier through the binary: Dewy's texts, as mail to a real SMTP server (aiosmtpd with
+/// AUTH), for the start, the download, a failing hook and the stop.
+#[test]
+fn mail_notifications_tell_the_story_of_a_run() {
+    let smtpd = e2e::smtp::Smtpd::start("dewy", "s3cret");
+    let moto = Moto::start();
+    moto.bucket("rel");
+    publish(&moto, "v1.0.0", "one");
+    let registry = format!("s3://us-east-1/rel/app?endpoint={}", moto.url());
+    let notifier = format!(
+        "mail://127.0.0.1:{}/ops@example.test?username=dewy&from=dewy@example.test&subject=deploys",
+        smtpd.port
+    );
+    let mut dewy = Dewy::new();
+    let log = fs::File::create(dewy.path().join("agent.log")).unwrap();
+    let child = dewy
+        .command(&[
+            "assets",
+            "--registry",
+            &registry,
+            "-i",
+            "1",
+            "--notifier",
+            &notifier,
+            "--after-deploy-hook",
+            "echo 'hook says hi'; exit 4",
+        ])
+        .env("MAIL_PASSWORD", "s3cret")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    dewy.child = Some(child);
+    dewy.wait_for("the deploy", |d| d.serves("VERSION", "one"));
+    let bodies = || -> Vec<String> {
+        smtpd
+            .messages()
+            .iter()
+            .map(|m| m["body"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !bodies().iter().any(|b| b.contains("After Deploy Hook")) {
+        assert!(
+            Instant::now() < deadline,
+            "no hook mail: {:?}\n{}",
+            bodies(),
+            dewy.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(dewy.terminate().success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !bodies().iter().any(|b| b.contains("Stop receiving")) {
+        assert!(Instant::now() < deadline, "no stop mail: {:?}", bodies());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let all = smtpd.messages();
+    let first = |needle: &str| {
+        all.iter()
+            .find(|m| m["body"].as_str().unwrap_or_default().starts_with(needle))
+            .unwrap_or_else(|| panic!("no mail starting {needle:?} in {all:#?}"))
+    };
+    let started = first("Automatic shipping started by *Dewy* (v");
+    assert!(
+        started["body"].as_str().unwrap().contains(": assets)"),
+        "{started}"
+    );
+    assert_eq!(started["Subject"], "deploys");
+    assert_eq!(started["From"], "dewy@example.test");
+    assert_eq!(started["To"], "ops@example.test");
+    first("Downloaded artifact for `v1.0.0`");
+    first("Stop receiving by `terminated` signal");
+    let hook = all
+        .iter()
+        .find(|m| {
+            m["Subject"]
+                .as_str()
+                .is_some_and(|s| s.contains("After Deploy Hook FAILED"))
+        })
+        .unwrap_or_else(|| panic!("no hook mail in {all:#?}"));
+    let body = hook["body"].as_str().unwrap();
+    assert!(
+        body.contains("hook says hi") && body.contains("4"),
+        "{body}"
+    );
+    // The password went over SMTP AUTH, never into the log.
+    assert!(!dewy.log().contains("s3cret"), "{}", dewy.log());
+}
