@@ -223,11 +223,10 @@ impl Inner {
             .ok_or_else(|| io::Error::other("the server supervisor is shut down"))?;
         listen::check_executable(&self.program)?;
         let generation = self.state().generation + 1;
-        let mut env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| k != "SERVER_STARTER_PORT" && k != "SERVER_STARTER_GENERATION")
-            .collect();
-        env.push(("SERVER_STARTER_PORT".into(), self.port_env.clone()));
-        env.push(("SERVER_STARTER_GENERATION".into(), generation.to_string()));
+        let env = vec![
+            ("SERVER_STARTER_PORT".into(), self.port_env.clone()),
+            ("SERVER_STARTER_GENERATION".into(), generation.to_string()),
+        ];
         let started = spawn::start(spawn::Spec {
             program: self.program.clone(),
             args: self.config.args.clone(),

@@ -20,6 +20,7 @@ pub(super) struct Spec {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub dir: PathBuf,
+    /// Set on top of our own environment, which the worker inherits.
     pub env: Vec<(String, String)>,
     /// Mapped onto 3, 4, ... in this order; all numbered at `3 + len` or above.
     pub fds: Arc<Vec<OwnedFd>>,
