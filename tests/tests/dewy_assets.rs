@@ -414,3 +414,23 @@ fn mail_notifications_tell_the_story_of_a_run() {
     // The password went over SMTP AUTH, never into the log.
     assert!(!dewy.log().contains("s3cret"), "{}", dewy.log());
 }
+
+#[test]
+fn a_second_agent_in_the_same_directory_is_refused() {
+    let moto = Moto::start();
+    moto.bucket("rel");
+    publish(&moto, "v1.0.0", "one");
+    let registry = format!("s3://us-east-1/rel/app?endpoint={}", moto.url());
+    let mut dewy = Dewy::new();
+    dewy.start(&["assets", "--registry", &registry, "-i", "1", "-l", "info"]);
+    dewy.wait_for("the deploy", |d| d.serves("VERSION", "one"));
+    let out = run_with_timeout(
+        &mut dewy.command(&["assets", "--registry", &registry, "-i", "1"]),
+        None,
+        30,
+    );
+    out.assert_code(1)
+        .assert_stderr_contains("another deploy-agent runs in");
+    assert!(dewy.serves("VERSION", "one"));
+    assert!(dewy.terminate().success());
+}

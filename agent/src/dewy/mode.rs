@@ -443,6 +443,12 @@ async fn run(args: DewyArgs) -> anyhow::Result<bool> {
         anyhow::bail!("img:// registries are for the container command");
     }
     let dir = std::env::current_dir().context("cannot read the working directory")?;
+    // Two agents in one working directory would extract over each other's releases.
+    let _lock = if command == Command::Container {
+        None
+    } else {
+        Some(lock_workdir(&dir)?)
+    };
     let ports = match command {
         Command::Server => {
             let (ports, warnings) = if args.ports.is_empty() {
@@ -634,4 +640,26 @@ fn app_name(args: &DewyArgs, url: &RegistryUrl) -> String {
     } else {
         last.to_string()
     }
+}
+
+/// An exclusive, non-blocking lock on `<dir>/.dewy`, held for the run.
+fn lock_workdir(dir: &Path) -> anyhow::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    let dewy = dir.join(".dewy");
+    std::fs::create_dir_all(&dewy)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dewy.display()))?;
+    let fd = rustix::fs::open(
+        &dewy,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", dewy.display()))?;
+    rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        anyhow::anyhow!(
+            "another deploy-agent runs in {} (lock on {} is held)",
+            dir.display(),
+            dewy.display()
+        )
+    })?;
+    Ok(fd)
 }
