@@ -98,6 +98,13 @@ fn backoff(crashes: u32) -> Duration {
     Duration::from_secs((1u64 << crashes.min(5)).min(30))
 }
 
+/// `now + timeout`, or a far future when that does not fit (a huge `--health-timeout`).
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}
+
 impl Supervisor {
     /// Checks the command and binds every port. Nothing runs yet.
     pub fn bind(config: Config) -> io::Result<Supervisor> {
@@ -304,7 +311,7 @@ impl Inner {
     /// Whether `done(state)` held within `timeout`, checked at each change.
     async fn wait_until(&self, timeout: Duration, done: impl Fn(&State) -> bool) -> bool {
         let mut rx = self.changed.subscribe();
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         loop {
             if done(&self.state()) {
                 return true;
@@ -398,5 +405,10 @@ mod tests {
         let waits: Vec<u64> = (0..8).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(waits, vec![1, 2, 4, 8, 16, 30, 30, 30]);
         assert_eq!(backoff(u32::MAX), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_huge_timeout_is_a_far_deadline_not_a_panic() {
+        assert!(deadline_after(Duration::MAX) > Instant::now() + Duration::from_secs(86_400));
     }
 }

@@ -30,7 +30,7 @@ pub async fn probe(port: u16, path: &str, timeout: Duration) -> Result<(), Strin
         .no_proxy()
         .build()
         .map_err(|e| format!("cannot build the health check client: {e}"))?;
-    let deadline = Instant::now() + timeout;
+    let deadline = super::deadline_after(timeout);
     let mut attempts = 0u32;
     let last = loop {
         let began = Instant::now();
