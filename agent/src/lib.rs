@@ -39,3 +39,12 @@ pub mod signals;
 pub mod state;
 pub mod supervise;
 pub mod unpack;
+
+/// The runtime every mode runs on: two workers, which keeps the agent small on a fleet host
+/// (downloads and unpacking are I/O- and blocking-pool-bound, not worker-bound).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}

@@ -112,11 +112,7 @@ fn main() -> ExitCode {
         connect_timeout: Duration::from_secs(30),
     };
 
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match agent::runtime() {
         Ok(rt) => rt,
         Err(e) => return fatal(format!("cannot start the runtime: {e}")),
     };

@@ -81,11 +81,7 @@ pub fn build_source(url: &RegistryUrl) -> Result<Source, SourceError> {
 /// `main` for a Dewy source: the runtime, signals, the poll loop. The directory lock is the
 /// caller's.
 pub fn main(opts: Options, url: RegistryUrl) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");

@@ -388,11 +388,7 @@ pub fn main(args: &[String]) -> ExitCode {
         &crate::logging::dewy_filter(&args.log_level),
         args.log_format == "json",
     );
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");

@@ -190,20 +190,6 @@ fn query_escape(s: &str) -> String {
     out
 }
 
-/// Dewy's `ID` of a registry answer: the local time `20060102T150405Z0700` (we run in UTC).
-pub fn response_id(now: OffsetDateTime) -> String {
-    let t = now.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
-}
-
 /// The entry's view of a release; `None` for what Dewy's response cannot carry (an image with
 /// several layers).
 pub fn response_of(release: &Release, now: OffsetDateTime) -> Option<Response> {
@@ -215,7 +201,7 @@ pub fn response_of(release: &Release, now: OffsetDateTime) -> Option<Response> {
                 ..
             },
         ] => Some(Response {
-            id: response_id(now),
+            id: common::dewy::report::response_id(now.to_offset(time::UtcOffset::UTC)),
             tag: release.tag.clone(),
             artifact_url: locator.clone(),
             created_at: release.created_at,
