@@ -434,3 +434,41 @@ fn a_second_agent_in_the_same_directory_is_refused() {
     assert!(dewy.serves("VERSION", "one"));
     assert!(dewy.terminate().success());
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let moto = Moto::start();
+    moto.bucket("rel");
+    publish(&moto, "v1.0.0", "one");
+    let registry = format!("s3://us-east-1/rel/app?endpoint={}", moto.url());
+    let mut dewy = Dewy::new();
+    dewy.start(&[
+        "assets",
+        "--registry",
+        &registry,
+        "-i",
+        "1",
+        "-l",
+        "info",
+        "-f",
+        "json",
+    ]);
+    dewy.wait_for("the deploy", |d| d.serves("VERSION", "one"));
+    assert!(dewy.terminate().success());
+    let log = dewy.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let symlink = lines
+        .iter()
+        .find(|v| v["fields"]["message"] == "Create symlink")
+        .unwrap_or_else(|| panic!("no Create symlink in {log}"));
+    assert_eq!(symlink["level"], "INFO", "{symlink}");
+    assert!(
+        symlink["fields"]["to"]
+            .as_str()
+            .is_some_and(|t| t.contains("/releases/")),
+        "{symlink}"
+    );
+}
