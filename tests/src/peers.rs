@@ -299,6 +299,12 @@ pub struct OciRegistry {
 
 impl OciRegistry {
     pub fn start() -> OciRegistry {
+        OciRegistry::start_with_auth(None)
+    }
+
+    /// With `Some((user, password))`, every request needs HTTP Basic auth as that user
+    /// (htpasswd with a bcrypt hash made by Python's `crypt`).
+    pub fn start_with_auth(auth: Option<(&str, &str)>) -> OciRegistry {
         for t in ["docker-registry", "skopeo", "umoci"] {
             assert!(
                 Command::new("which")
@@ -316,6 +322,31 @@ impl OciRegistry {
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only-not-secret\n",
             data.display()
         );
+        let mut config = config;
+        if let Some((user, password)) = auth {
+            let out = Command::new("python3")
+                .args([
+                    "-W",
+                    "ignore",
+                    "-c",
+                    "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+                    password,
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let hash = String::from_utf8(out.stdout).unwrap();
+            let htpasswd = dir.path().join("htpasswd");
+            fs::write(&htpasswd, format!("{user}:{}\n", hash.trim())).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
         let cfg = dir.path().join("config.yml");
         fs::write(&cfg, config).unwrap();
         let log = fs::File::create(dir.path().join("registry.log")).unwrap();
@@ -428,6 +459,8 @@ impl Podman {
             ),
         )
         .unwrap();
+        // podman refuses to pull when REGISTRY_AUTH_FILE names a file that is not there.
+        fs::write(p.join("auth.json"), "{\"auths\":{}}\n").unwrap();
         Podman { dir, bridge }
     }
 
@@ -441,6 +474,8 @@ impl Podman {
                 p.join("registries.conf"),
             ),
             ("CONTAINERS_STORAGE_CONF".into(), p.join("storage.conf")),
+            // `podman login` writes here instead of /run/containers/0/auth.json.
+            ("REGISTRY_AUTH_FILE".into(), self.auth_file()),
         ]
     }
 
@@ -459,6 +494,11 @@ impl Podman {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Where `podman login` keeps credentials for this instance.
+    pub fn auth_file(&self) -> PathBuf {
+        self.dir.path().join("auth.json")
     }
 
     pub fn storage(&self) -> PathBuf {

@@ -42,7 +42,14 @@ fn run_ok(cmd: &mut Command) {
 /// An image of busybox-static whose entrypoint serves `/www` with httpd on 8080 (a shell as
 /// PID 1 that exits on SIGTERM, so `stop` does not wait for its kill timeout). `/www/VERSION`
 /// holds `version`; `/www/health` exists only when `healthy`. Pushed as `repo:version`.
-fn push_app(work: &Path, reg: &OciRegistry, repo: &str, version: &str, healthy: bool) {
+fn push_app(
+    work: &Path,
+    reg: &OciRegistry,
+    repo: &str,
+    version: &str,
+    healthy: bool,
+    creds: Option<&str>,
+) {
     let layout = work.join(format!("oci-{version}"));
     let bundle = work.join(format!("bundle-{version}"));
     let image = format!("{}:{version}", layout.display());
@@ -90,10 +97,13 @@ fn push_app(work: &Path, reg: &OciRegistry, repo: &str, version: &str, healthy: 
         "--config.entrypoint",
         "trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait",
     ]));
+    let mut copy = Command::new("skopeo");
+    copy.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+    if let Some(c) = creds {
+        copy.args(["--dest-creds", c]);
+    }
     run_ok(
-        Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false"])
-            .arg(format!("oci:{image}"))
+        copy.arg(format!("oci:{image}"))
             .arg(format!("docker://{}/{repo}:{version}", reg.host())),
     );
 }
@@ -145,12 +155,23 @@ struct Agent {
 
 impl Agent {
     fn start(dir: &Path, podman: &Podman, args: &[String], name: &str) -> Agent {
+        Agent::start_env(dir, podman, args, name, &[])
+    }
+
+    fn start_env(
+        dir: &Path,
+        podman: &Podman,
+        args: &[String],
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> Agent {
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(bin("deploy-agent"))
             .arg("container")
             .args(args)
             .current_dir(dir)
             .envs(podman.env())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(fs::File::create(dir.join(format!("{name}.out"))).unwrap())
             .stderr(fs::File::create(&log).unwrap())
@@ -299,7 +320,14 @@ fn rolling_update_rollback_adoption_and_shutdown() {
     .collect();
 
     // v1: two replicas behind the proxy.
-    push_app(work.path(), &reg, &format!("demo/{app}"), "v1.0.0", true);
+    push_app(
+        work.path(),
+        &reg,
+        &format!("demo/{app}"),
+        "v1.0.0",
+        true,
+        None,
+    );
     let mut agent = Agent::start(&dir, &podman, &args, "first");
     let log = || agent.log();
     wait_for(
@@ -406,7 +434,14 @@ fn rolling_update_rollback_adoption_and_shutdown() {
     );
 
     // v2: rolling update; the old replicas go.
-    push_app(work.path(), &reg, &format!("demo/{app}"), "v2.0.0", true);
+    push_app(
+        work.path(),
+        &reg,
+        &format!("demo/{app}"),
+        "v2.0.0",
+        true,
+        None,
+    );
     wait_for(
         "the v2 deploy",
         || {
@@ -492,7 +527,14 @@ fn rolling_update_rollback_adoption_and_shutdown() {
 
     // A failing before-deploy hook aborts the deploy (Dewy #495): nothing is started.
     fs::write(dir.join("block"), "").unwrap();
-    push_app(work.path(), &reg, &format!("demo/{app}"), "v3.0.0", false);
+    push_app(
+        work.path(),
+        &reg,
+        &format!("demo/{app}"),
+        "v3.0.0",
+        false,
+        None,
+    );
     wait_for(
         "the before-deploy hook to refuse v3",
         || agent.log().contains("before-deploy hook failed"),
@@ -535,6 +577,62 @@ fn rolling_update_rollback_adoption_and_shutdown() {
     assert!(status.success(), "{status:?}\n{}", agent.log());
     assert!(managed(&podman, app).is_empty(), "{}", agent.log());
     assert!(TcpStream::connect(("127.0.0.1", proxy)).is_err());
+}
+
+#[test]
+fn a_private_registry_is_logged_in_with_the_password_on_stdin() {
+    let _serial = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
+    let (user, password) = ("deployer", "pw-Zq8s7Xk2");
+    let reg = OciRegistry::start_with_auth(Some((user, password)));
+    let podman = Podman::start(&[&reg.host()]);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("agent");
+    fs::create_dir(&dir).unwrap();
+    let creds = format!("{user}:{password}");
+    push_app(
+        work.path(),
+        &reg,
+        "private/api",
+        "v1.0.0",
+        true,
+        Some(&creds),
+    );
+    let proxy = free_port();
+    let args: Vec<String> = [
+        "--registry",
+        &format!("img://{}/private/api", reg.host()),
+        "-p",
+        &format!("{proxy}:8080"),
+        "--runtime",
+        "podman",
+        "--interval",
+        "1",
+        "--admin-port",
+        &free_port().to_string(),
+        "-l",
+        "debug",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let env = [("DOCKER_USERNAME", user), ("DOCKER_PASSWORD", password)];
+    let mut agent = Agent::start_env(&dir, &podman, &args, "private", &env);
+    let log = || agent.log();
+    wait_for(
+        "v1 from the private registry",
+        || get(proxy, "/VERSION").as_deref() == Some("v1.0.0"),
+        &log,
+    );
+    let text = agent.log();
+    assert!(text.contains("Logged in to the registry"), "{text}");
+    assert!(!text.contains(password), "{text}");
+    // podman kept the login (in this instance's auth file, not the host's).
+    let auth = fs::read_to_string(podman.auth_file()).unwrap();
+    assert!(auth.contains(&reg.host()), "{auth}");
+    agent.signal("-TERM");
+    let status = agent.wait();
+    assert!(status.success(), "{status:?}\n{}", agent.log());
+    assert!(managed(&podman, "api").is_empty());
 }
 
 #[test]
