@@ -332,7 +332,16 @@ fn a_release_failing_its_health_check_is_rolled_back_and_not_retried() {
         &store,
         // A budget a loaded CI machine cannot miss for a healthy start; the broken release
         // uses it all (attempts every 2 s).
-        &["--health-path", "/health", "--health-timeout", "15"],
+        &[
+            "--health-path",
+            "/health",
+            "--health-timeout",
+            "15",
+            "--before-deploy-hook",
+            "echo before >> hooks.log",
+            "--after-deploy-hook",
+            "echo after $(cat current/VERSION) >> hooks.log",
+        ],
     );
     server.serving("1.1.0");
     server.wait_for("the first health check", || {
@@ -368,6 +377,14 @@ fn a_release_failing_its_health_check_is_rolled_back_and_not_retried() {
     assert_eq!(count(&log, "v1.2.0"), ticks_before, "{log}");
     assert_eq!(server.worker().1, generation, "{}", server.both());
     assert_eq!(get(server.port, "/").unwrap().1, "1.1.0");
+    // The hooks ran around each change of `current`, the rollback included: a hook that
+    // (de)registers the host elsewhere sees the release it is back on.
+    assert_eq!(
+        fs::read_to_string(server.dir.path().join("hooks.log")).unwrap(),
+        "before\nafter 1.1.0\nbefore\nafter 1.2.0\nbefore\nafter 1.1.0\n",
+        "{}",
+        server.both()
+    );
 }
 
 #[test]
