@@ -50,6 +50,19 @@ fn push_app(
     healthy: bool,
     creds: Option<&str>,
 ) {
+    push_app_created(work, reg, repo, version, healthy, creds, None);
+}
+
+/// [`push_app`] with the image's creation time set (what `images` orders by).
+fn push_app_created(
+    work: &Path,
+    reg: &OciRegistry,
+    repo: &str,
+    version: &str,
+    healthy: bool,
+    creds: Option<&str>,
+    created: Option<&str>,
+) {
     let layout = work.join(format!("oci-{version}"));
     let bundle = work.join(format!("bundle-{version}"));
     let image = format!("{}:{version}", layout.display());
@@ -97,6 +110,9 @@ fn push_app(
         "--config.entrypoint",
         "trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait",
     ]));
+    if let Some(t) = created {
+        run_ok(Command::new("umoci").args(["config", "--image", &image, "--created", t]));
+    }
     let mut copy = Command::new("skopeo");
     copy.args(["copy", "--quiet", "--dest-tls-verify=false"]);
     if let Some(c) = creds {
@@ -633,6 +649,71 @@ fn a_private_registry_is_logged_in_with_the_password_on_stdin() {
     let status = agent.wait();
     assert!(status.success(), "{status:?}\n{}", agent.log());
     assert!(managed(&podman, "api").is_empty());
+}
+
+#[test]
+fn image_gc_keeps_the_seven_newest_images() {
+    let _serial = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
+    let reg = OciRegistry::start();
+    let podman = Podman::start(&[&reg.host()]);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("agent");
+    fs::create_dir(&dir).unwrap();
+    let repo = format!("{}/demo/gc", reg.host());
+    // Eight versions, each created a day after the other; the first seven are already here.
+    for day in 1..=8 {
+        let v = format!("v1.0.{day}");
+        let created = format!("2026-01-{day:02}T00:00:00Z");
+        push_app_created(work.path(), &reg, "demo/gc", &v, true, None, Some(&created));
+        if day < 8 {
+            podman.ok(&["pull", "-q", &format!("{repo}:{v}")]);
+        }
+    }
+    let tags = |podman: &Podman| -> Vec<String> {
+        let mut t: Vec<String> = podman
+            .ok(&["images", "--format", "{{.Tag}}", &repo])
+            .lines()
+            .map(str::to_string)
+            .collect();
+        t.sort();
+        t
+    };
+    assert_eq!(tags(&podman).len(), 7);
+    let proxy = free_port();
+    let args: Vec<String> = [
+        "--registry",
+        &format!("img://{repo}"),
+        "-p",
+        &format!("{proxy}:8080"),
+        "--runtime",
+        "podman",
+        "--interval",
+        "1",
+        "--admin-port",
+        &free_port().to_string(),
+        "-l",
+        "debug",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut agent = Agent::start(&dir, &podman, &args, "gc");
+    let log = || agent.log();
+    wait_for(
+        "the deploy of v1.0.8",
+        || agent.log().contains("Container deployed successfully"),
+        &log,
+    );
+    wait_for(
+        "the oldest image removed",
+        || agent.log().contains("Removed old image"),
+        &log,
+    );
+    let want: Vec<String> = (2..=8).map(|d| format!("v1.0.{d}")).collect();
+    assert_eq!(tags(&podman), want, "{}", agent.log());
+    assert_eq!(get(proxy, "/VERSION").as_deref(), Some("v1.0.8"));
+    agent.signal("-TERM");
+    assert!(agent.wait().success(), "{}", agent.log());
 }
 
 #[test]
