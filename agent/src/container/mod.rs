@@ -144,7 +144,7 @@ impl App {
         let app = parse::app_name(&args.name, &args.registry);
         let (name, extra) = parse::split_name(&args.rest);
         let user = (!parse::has_user(&extra)).then(|| {
-            // SAFETY-free: getuid/getgid cannot fail.
+            // Dewy (#319): containers run as the agent's user unless the extra arguments say.
             let (uid, gid) = (rustix::process::getuid(), rustix::process::getgid());
             format!("{}:{}", uid.as_raw(), gid.as_raw())
         });
