@@ -18,6 +18,7 @@ pub async fn get_status(port: u16, path: &str) -> Result<u16, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
+    let path = request_target(path);
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nUser-Agent: deploy-agent\r\nConnection: close\r\n\r\n"
     );
@@ -37,6 +38,23 @@ pub async fn get_status(port: u16, path: &str) -> Result<u16, String> {
         }
     }
     status_code(&head).ok_or_else(|| "not an HTTP response".to_string())
+}
+
+/// `--health-path health` means `/health`; control characters (a header smuggled in the
+/// path) are percent-encoded.
+fn request_target(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 1);
+    if !path.starts_with('/') {
+        out.push('/');
+    }
+    for c in path.chars() {
+        if c.is_ascii_control() || c == ' ' {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn status_code(head: &[u8]) -> Option<u16> {
@@ -101,6 +119,13 @@ mod tests {
             }
         });
         port
+    }
+
+    #[test]
+    fn request_targets() {
+        assert_eq!(request_target("/health"), "/health");
+        assert_eq!(request_target("health?x=1"), "/health?x=1");
+        assert_eq!(request_target("/a b\r\nX: y"), "/a%20b%0D%0AX:%20y");
     }
 
     #[test]
