@@ -120,16 +120,25 @@ impl S3Store {
         .iter()
         .any(|k| env(k).is_some_and(|v| !v.is_empty()));
         // The SDK's order: env keys, then the shared profile files, then web identity /
-        // container / instance credentials.
-        if !have_keys
-            && !web_or_container
-            && let Some(keys) = profile::static_keys(env)
-        {
-            b = b
-                .with_access_key_id(keys.access_key_id)
-                .with_secret_access_key(keys.secret_access_key);
-            if let Some(t) = keys.session_token {
-                b = b.with_token(t);
+        // container / instance credentials. A profile's role assumed from the env keys
+        // (`credential_source = Environment`) is the exception `profile` makes.
+        if !web_or_container {
+            match profile::credentials(env, http.client(), region, have_keys) {
+                Ok(Some(profile::Credentials::Static(keys))) => {
+                    b = b
+                        .with_access_key_id(keys.access_key_id)
+                        .with_secret_access_key(keys.secret_access_key);
+                    if let Some(t) = keys.session_token {
+                        b = b.with_token(t);
+                    }
+                }
+                Ok(Some(profile::Credentials::Provider(p))) => b = b.with_credentials(p),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(SourceError::Permanent(format!(
+                        "s3://{region}/{bucket}: {e}"
+                    )));
+                }
             }
         }
         let inner = b.build().map_err(|e| {
