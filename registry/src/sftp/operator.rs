@@ -8,9 +8,11 @@
 //! `pwd` is `/`. One deliberate difference: FSETSTAT on an upload handle succeeds (and is
 //! ignored), so that `scp` and `put -p` finish without an error.
 //!
-//! Each upload has a writer task: WRITE hands its data to it and is answered at once, so
-//! hashing and writing the previous chunks overlap with receiving the next ones. A failed
-//! write (a limit, a full disk) is reported on the next WRITE or at CLOSE.
+//! WRITE hashes its data (CPU only) and queues it for the upload's disk thread (see
+//! `store::Upload`), so writing the previous chunks overlaps with receiving and hashing the
+//! next ones; it waits only when that thread is behind. A failed write (a limit, a full disk)
+//! is reported on that WRITE or, when the disk thread meets it, on a later WRITE or at CLOSE;
+//! the handle then answers that error to everything.
 
 use std::collections::HashMap;
 
@@ -24,18 +26,11 @@ use russh_sftp::protocol::{
 };
 use russh_sftp::server::StatusReply;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use super::server::View;
 use super::{MAX_HANDLES, bad_handle, denied, internal, path, store_failure, too_many_handles};
 use crate::store::{Actor, Store, StoreError, Upload};
-
-/// WRITE payloads queued for one upload's writer before WRITE replies wait (backpressure).
-const QUEUED_WRITES: usize = 8;
-/// Most queued writes handed to one blocking call.
-const WRITE_BATCH: usize = 16;
 
 /// Serves one operator SFTP session until the client closes it.
 // The frozen entry point; the session code uses `serve_then` (exit-status before close).
@@ -71,8 +66,9 @@ where
         writers: writers.clone(),
     };
     super::run(stream, handler, before_close).await;
-    // Uploads left open by the client are finishing in their writers: the session (and a
-    // graceful shutdown waiting for it) is over only when they are registered.
+    // Uploads left open by the client are finishing on the blocking pool (see `Drop for
+    // Operator`): the session (and a graceful shutdown waiting for it) is over only when they
+    // are registered.
     writers.close();
     writers.wait().await;
 }
@@ -82,53 +78,23 @@ struct Operator {
     actor: Actor,
     uploads: HashMap<String, Slot>,
     next_handle: u64,
-    /// The upload writers, so that the session waits for them.
+    /// Uploads being finished after the session ended, so that the session waits for them.
     writers: TaskTracker,
 }
 
 enum Slot {
-    Open(Writer),
-    /// The writer stopped on an error: every later WRITE and the CLOSE get it.
+    Open(Upload),
+    /// A write failed: every later WRITE and the CLOSE get its error.
     Failed(StatusReply),
 }
 
-struct Writer {
-    chunks: mpsc::Sender<(u64, Bytes)>,
-    /// Ends with the registered upload once `chunks` is dropped (CLOSE, or session end).
-    done: JoinHandle<Result<(Digest, u64), StoreError>>,
-}
-
-/// Writes the queued chunks in arrival order, then finishes (hash, fsync, register) the upload
-/// when the queue closes. Store calls block (disk, SQLite), so they run on the blocking pool:
-/// measured, `block_in_place` here halved upload throughput (the worker it blocks also runs
-/// the SSH session), while one `spawn_blocking` per batch of queued chunks costs little.
-async fn write_upload(
-    mut upload: Upload,
-    mut chunks: mpsc::Receiver<(u64, Bytes)>,
-    actor: Actor,
-) -> Result<(Digest, u64), StoreError> {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    while chunks.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        let todo = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH));
-        let (back, written) = tokio::task::spawn_blocking(move || {
-            let r = todo
-                .iter()
-                .try_for_each(|(offset, data)| upload.write_at(*offset, data));
-            (upload, r)
-        })
-        .await
-        .map_err(|e| StoreError::Internal(anyhow::anyhow!("upload writer: {e}")))?;
-        upload = back;
-        if let Err(err) = written {
-            tracing::warn!(user = %actor.user, remote = %actor.remote_addr, cause = %err, "upload refused");
-            return Err(err);
-        }
-    }
-    // How long CLOSE waits for hashing the rest, fsync and registration: worth seeing in the log.
+/// Finishes (hash tail, fsync, register) an upload and logs it. Blocking: run on the blocking
+/// pool.
+fn finish_upload(upload: Upload, actor: &Actor) -> Result<(Digest, u64), StoreError> {
+    // How long CLOSE waits for the disk queue, the tail, fsync and registration: worth seeing
+    // in the log.
     let finishing = std::time::Instant::now();
-    let (digest, size) = tokio::task::spawn_blocking(move || upload.finish())
-        .await
-        .map_err(|e| StoreError::Internal(anyhow::anyhow!("upload finish: {e}")))??;
+    let (digest, size) = upload.finish()?;
     tracing::info!(
         user = %actor.user,
         key = %actor.key_fingerprint,
@@ -141,44 +107,41 @@ async fn write_upload(
     Ok((digest, size))
 }
 
+fn refused(actor: &Actor, err: StoreError) -> StatusReply {
+    tracing::warn!(user = %actor.user, remote = %actor.remote_addr, cause = %err, "upload refused");
+    store_failure(err)
+}
+
+/// The handler is dropped when the session ends (see `super::run`): uploads still open are
+/// finished as the original did, on the tracker that `serve_on` waits for.
+impl Drop for Operator {
+    fn drop(&mut self) {
+        for (_, slot) in self.uploads.drain() {
+            if let Slot::Open(upload) = slot {
+                let actor = self.actor.clone();
+                let finish = move || {
+                    if let Err(err) = finish_upload(upload, &actor) {
+                        refused(&actor, err);
+                    }
+                };
+                // Outside a runtime (a session dropped by a runtime being torn down) nothing
+                // else can run meanwhile: finish here.
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    self.writers.spawn_blocking(finish);
+                } else {
+                    finish();
+                }
+            }
+        }
+    }
+}
+
 fn ok(id: u32) -> Status {
     Status {
         id,
         status_code: StatusCode::Ok,
         error_message: "Ok".to_string(),
         language_tag: "en-US".to_string(),
-    }
-}
-
-/// What the writer's result becomes for the client.
-fn finished(
-    result: Result<Result<(Digest, u64), StoreError>, tokio::task::JoinError>,
-) -> Result<(), StatusReply> {
-    match result {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(err)) => Err(store_failure(err)),
-        Err(err) => Err(internal("upload task", &err)),
-    }
-}
-
-impl Operator {
-    /// The writer of `handle` stopped early: collect its error and remember it for the handle.
-    async fn writer_failed(&mut self, handle: &str) -> StatusReply {
-        let reply = match self.uploads.remove(handle) {
-            Some(Slot::Open(w)) => {
-                drop(w.chunks);
-                match finished(w.done.await) {
-                    Err(reply) => reply,
-                    // The writer only stops early on an error; be safe if that ever changes.
-                    Ok(()) => super::failure("upload already finished"),
-                }
-            }
-            Some(Slot::Failed(reply)) => reply,
-            None => bad_handle(),
-        };
-        self.uploads
-            .insert(handle.to_string(), Slot::Failed(reply.clone()));
-        reply
     }
 }
 
@@ -190,15 +153,18 @@ impl View for Operator {
         offset: u64,
         data: Bytes,
     ) -> Result<Status, StatusReply> {
-        match self.uploads.get(&handle) {
-            None => Err(bad_handle()),
-            Some(Slot::Failed(reply)) => Err(reply.clone()),
-            Some(Slot::Open(w)) => {
-                if w.chunks.send((offset, data)).await.is_ok() {
-                    Ok(ok(id))
-                } else {
-                    Err(self.writer_failed(&handle).await)
-                }
+        let upload = match self.uploads.get_mut(&handle) {
+            None => return Err(bad_handle()),
+            Some(Slot::Failed(reply)) => return Err(reply.clone()),
+            Some(Slot::Open(upload)) => upload,
+        };
+        match upload.write_bytes(offset, data).await {
+            Ok(()) => Ok(ok(id)),
+            Err(err) => {
+                // Dropping the upload leaves its file unregistered, for expiry to remove.
+                let reply = refused(&self.actor, err);
+                self.uploads.insert(handle, Slot::Failed(reply.clone()));
+                Err(reply)
             }
         }
     }
@@ -248,14 +214,9 @@ impl russh_sftp::server::Handler for Operator {
             .await
             .map_err(|e| internal("begin upload", &e))?
             .map_err(store_failure)?;
-        let (chunks, queue) = mpsc::channel(QUEUED_WRITES);
-        let done = self
-            .writers
-            .spawn(write_upload(upload, queue, self.actor.clone()));
         let handle = self.next_handle.to_string();
         self.next_handle += 1;
-        self.uploads
-            .insert(handle.clone(), Slot::Open(Writer { chunks, done }));
+        self.uploads.insert(handle.clone(), Slot::Open(upload));
         Ok(Handle { id, handle })
     }
 
@@ -274,9 +235,17 @@ impl russh_sftp::server::Handler for Operator {
         match self.uploads.remove(&handle) {
             None => Err(bad_handle()),
             Some(Slot::Failed(reply)) => Err(reply),
-            Some(Slot::Open(w)) => {
-                drop(w.chunks);
-                finished(w.done.await).map(|()| ok(id))
+            Some(Slot::Open(upload)) => {
+                let actor = self.actor.clone();
+                match tokio::task::spawn_blocking(move || {
+                    finish_upload(upload, &actor).map_err(|err| refused(&actor, err))
+                })
+                .await
+                {
+                    Ok(Ok(_)) => Ok(ok(id)),
+                    Ok(Err(reply)) => Err(reply),
+                    Err(err) => Err(internal("upload finish", &err)),
+                }
             }
         }
     }

@@ -7,7 +7,9 @@
 //! 255 KiB requests with the default depth) fills russh's queue and both sides wait forever.
 //!
 //! Here a task keeps reading the channel into our own queue whatever the SFTP loop is doing, so
-//! russh's session loop never blocks on us. The queue holds at most [`QUEUE_CAP`] bytes; past
+//! russh's session loop never blocks on us. It queues whole SFTP packets, each read into a
+//! buffer of its size: a 255 KiB WRITE reaches the upload without another copy, and wakes the
+//! SFTP loop once rather than once per SSH packet. The queue holds at most [`QUEUE_CAP`] bytes; past
 //! that the reader waits for the SFTP loop to consume. Only request bytes count, and requests
 //! other than WRITE are tens of bytes, so the cap is reached only by writes, whose replies are
 //! tiny and never wait for window: pausing then cannot close the cycle above.
@@ -17,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, Join, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -25,8 +27,12 @@ use tokio::task::JoinHandle;
 /// Most request bytes read from the channel but not yet consumed by the SFTP loop.
 pub const QUEUE_CAP: usize = 64 << 20;
 
-/// One read from the channel is at most one SSH packet (32 KiB from OpenSSH); this leaves room.
-const READ_CHUNK: usize = 64 << 10;
+/// Largest piece the reader queues at once: our largest SFTP packet with its length field.
+/// Packets up to this size are queued whole, in one buffer, so that
+/// [`QueueReader::next_packet`] hands them out without copying. The length field of a longer
+/// one (a protocol violation) is queued at once, alone, so that `next_packet` refuses it
+/// without waiting for a body that may never come.
+const FRAME_MAX: usize = super::MAX_PACKET as usize + 4;
 
 /// Our queue for reading, the channel itself for writing.
 pub type Decoupled<S> = Join<QueueReader, WriteHalf<S>>;
@@ -47,45 +53,15 @@ fn decoupled_with_cap<S>(stream: S, cap: usize) -> (Decoupled<S>, JoinHandle<Rea
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (mut read_half, write_half) = tokio::io::split(stream);
+    let (read_half, write_half) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let budget = Arc::new(Semaphore::new(cap));
-    let reader_budget = Arc::clone(&budget);
-    let reader = tokio::spawn(async move {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        loop {
-            if buf.capacity() < READ_CHUNK / 2 {
-                buf.reserve(READ_CHUNK);
-            }
-            let n = tokio::select! {
-                r = read_half.read_buf(&mut buf) => match r {
-                    Ok(n) => n,
-                    Err(err) => {
-                        tracing::debug!(cause = %err, "sftp channel read failed");
-                        0
-                    }
-                },
-                () = tx.closed() => return read_half,
-            };
-            if n == 0 {
-                // EOF: dropping `tx` ends the queue once the SFTP loop has read what is in it.
-                return read_half;
-            }
-            let chunk = buf.split().freeze();
-            // `n <= READ_CHUNK <= cap`, so this cannot ask for more than the semaphore holds.
-            let permits = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
-            tokio::select! {
-                p = reader_budget.acquire_many(permits) => match p {
-                    Ok(p) => p.forget(),
-                    Err(_) => return read_half,
-                },
-                () = tx.closed() => return read_half,
-            }
-            if tx.send(chunk).is_err() {
-                return read_half;
-            }
-        }
-    });
+    let reader = tokio::spawn(drain(
+        read_half,
+        tx,
+        Arc::clone(&budget),
+        cap.min(FRAME_MAX),
+    ));
     let stream = tokio::io::join(
         QueueReader {
             rx,
@@ -96,6 +72,81 @@ where
         write_half,
     );
     (stream, reader)
+}
+
+/// The reader task: queues the channel's bytes one SFTP packet (length field included) at a
+/// time, packets longer than `piece` bytes as their length field alone, then the rest in
+/// pieces, until EOF or until the queue is dropped. Each read asks
+/// only for the rest of the current packet, so a packet fills one buffer of its own size.
+async fn drain<R: AsyncRead + Unpin>(
+    mut read_half: R,
+    tx: mpsc::UnboundedSender<Bytes>,
+    budget: Arc<Semaphore>,
+    piece: usize,
+) -> R {
+    loop {
+        let mut header = [0u8; 4];
+        let mut got = 0;
+        while got < header.len() {
+            match read_some(&mut read_half, &mut &mut header[got..], &tx).await {
+                Some(0) => break,
+                Some(n) => got += n,
+                None => return read_half,
+            }
+        }
+        let len = u32::from_be_bytes(header) as usize;
+        let total = match len.checked_add(header.len()) {
+            _ if got < header.len() => got,
+            Some(total) if total <= piece => total,
+            // Too long: see FRAME_MAX. What follows is forwarded as it comes.
+            _ => header.len(),
+        };
+        let mut buf = BytesMut::with_capacity(total);
+        buf.put_slice(&header[..got]);
+        let mut eof = got < header.len();
+        while !eof && buf.len() < total {
+            let missing = total - buf.len();
+            match read_some(&mut read_half, &mut (&mut buf).limit(missing), &tx).await {
+                Some(0) => eof = true,
+                Some(_) => {}
+                None => return read_half,
+            }
+        }
+        if !buf.is_empty() {
+            // `buf.len() <= piece <= cap`: never more than the semaphore holds.
+            let permits = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+            tokio::select! {
+                p = budget.acquire_many(permits) => match p {
+                    Ok(p) => p.forget(),
+                    Err(_) => return read_half,
+                },
+                () = tx.closed() => return read_half,
+            }
+            if tx.send(buf.freeze()).is_err() {
+                return read_half;
+            }
+        }
+        if eof {
+            // Dropping `tx` ends the queue once the SFTP loop has read what is in it.
+            return read_half;
+        }
+    }
+}
+
+/// One read into `dst`: the byte count (0 at EOF; a failed read counts as EOF, the channel is
+/// gone either way), or `None` once the queue was dropped.
+async fn read_some<R: AsyncRead + Unpin>(
+    read_half: &mut R,
+    dst: &mut impl BufMut,
+    tx: &mpsc::UnboundedSender<Bytes>,
+) -> Option<usize> {
+    tokio::select! {
+        r = read_half.read_buf(dst) => Some(r.unwrap_or_else(|err| {
+            tracing::debug!(cause = %err, "sftp channel read failed");
+            0
+        })),
+        () = tx.closed() => None,
+    }
 }
 
 /// The read side: the bytes the reader task queued, in order, as SFTP packets
@@ -117,8 +168,9 @@ pub struct PacketTooLong(pub u32);
 impl QueueReader {
     /// The next SFTP packet (type byte and payload, without the length), or `None` at EOF.
     ///
-    /// A packet that lies within one queued chunk is handed out without copying; one that spans
-    /// chunks (a 255 KiB WRITE always does) is copied once into its own buffer. russh-sftp's
+    /// The reader task queues each packet whole, in a buffer of its own, so it is handed out
+    /// without copying; only a packet split across queued pieces (longer than the reader's
+    /// piece, or a stream not framed as SFTP) is copied once into its own buffer. russh-sftp's
     /// own reader zero-fills a buffer and then copies twice more.
     pub async fn next_packet(&mut self, max_len: u32) -> Result<Option<Bytes>, PacketTooLong> {
         let Some(len) = self.take(4).await else {
@@ -284,31 +336,41 @@ mod tests {
         let (mut input, _output) = s.into_inner();
         let (_cr, mut cw) = tokio::io::split(client);
         let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let over = vec![9u8; 1000];
         let mut wire = Vec::new();
-        for p in [&b"abc"[..], &big[..], &b""[..]] {
+        for p in [&b"abc"[..], &big[..], &b""[..], &over[..]] {
             wire.extend_from_slice(&(p.len() as u32).to_be_bytes());
             wire.extend_from_slice(p);
         }
-        wire.extend_from_slice(&1000u32.to_be_bytes());
-        // Written in odd pieces so that packets straddle the reader's chunks.
+        // Over our own largest packet, and no body follows.
+        wire.extend_from_slice(&(crate::sftp::MAX_PACKET + 1).to_be_bytes());
+        // Written in odd pieces so that packets straddle the reader's reads.
         let writer = tokio::spawn(async move {
             for piece in wire.chunks(7777) {
                 cw.write_all(piece).await.unwrap();
             }
             cw
         });
-        assert_eq!(
-            input.next_packet(1 << 20).await.unwrap().unwrap(),
-            &b"abc"[..]
-        );
-        assert_eq!(input.next_packet(1 << 20).await.unwrap().unwrap(), &big[..]);
-        assert_eq!(input.next_packet(1 << 20).await.unwrap().unwrap(), &b""[..]);
+        let max = crate::sftp::MAX_PACKET;
+        assert_eq!(input.next_packet(max).await.unwrap().unwrap(), &b"abc"[..]);
+        assert_eq!(input.next_packet(max).await.unwrap().unwrap(), &big[..]);
+        assert_eq!(input.next_packet(max).await.unwrap().unwrap(), &b""[..]);
         assert!(
             input.next_packet(999).await.is_err(),
             "1000 bytes is over a 999 limit"
         );
+        // The consumer stopped at the refused length field: re-read what followed it.
+        let mut body = [0u8; 1000];
+        input.read_exact(&mut body).await.unwrap();
+        assert_eq!(body, over[..]);
+        // Refused on its length field alone, without waiting for the body.
+        let refused =
+            tokio::time::timeout(std::time::Duration::from_secs(10), input.next_packet(max))
+                .await
+                .expect("an over-long length is refused at once");
+        assert!(refused.is_err());
         let mut cw = writer.await.unwrap();
         cw.shutdown().await.unwrap();
-        assert!(input.next_packet(1 << 20).await.unwrap().is_none());
+        assert!(input.next_packet(max).await.unwrap().is_none());
     }
 }
