@@ -350,7 +350,12 @@ fn a_release_failing_its_health_check_is_rolled_back_and_not_retried() {
     let good = server.current();
 
     store.publish("v1.2.0", "1.2.0", true);
-    server.wait_for("the rollback", || server.log().contains("Rolled back"));
+    // The tick's own error line is the last one the rollback writes: the counts below
+    // start after it.
+    server.wait_for("the rollback", || {
+        server.log().contains("failed its health check")
+            && server.log().contains("; rolled back to v1.1.0")
+    });
     server.serving("1.1.0");
     assert_eq!(server.current(), good, "{}", server.both());
     let log = server.log();
