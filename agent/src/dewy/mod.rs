@@ -532,7 +532,7 @@ impl ReleaseAgent {
                         None => {
                             fetched += 1;
                             let hash = tokio::select! {
-                                r = store::fetch_unverified(&self.cache, &self.source, layer, self.opts.io_timeout, self.opts.policy.limits.max_bytes) => r?,
+                                r = store::fetch_unverified(&self.cache, &self.source, layer, release.created_at, self.opts.io_timeout, self.opts.policy.limits.max_bytes) => r?,
                                 _ = self.cancel.cancelled() => anyhow::bail!("interrupted"),
                             };
                             bytes += self.blob_len(&hash);
