@@ -65,7 +65,6 @@ pub async fn run(ctx: Arc<Context>, url: RegistryUrl, source: ImgSource) -> bool
         Ok(app) => app,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("Error: {e:#}");
             return false;
         }
     };

@@ -402,8 +402,8 @@ pub fn main(args: &[String]) -> ExitCode {
         match run(args).await {
             Ok(ok) => ok,
             Err(e) => {
+                // One line on stderr, in the chosen log format (text or JSON).
                 tracing::error!("{e:#}");
-                eprintln!("Error: {e:#}");
                 false
             }
         }
