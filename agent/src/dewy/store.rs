@@ -22,19 +22,19 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
 use common::dewy::url::RegistryUrl;
-use common::digest::{Digest, Hasher};
-use common::timefmt::OffsetDateTime;
+use common::digest::Hasher;
 use sources::cache::{Backend, CacheConfig, Shared};
 use sources::http::{HttpClient, HttpConfig};
 use sources::{Layer, Source, SourceError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cache::{BlobReader, Cache, LayerSource};
 use crate::cli::Options;
+
+mod resume;
+pub use resume::fetch_unverified;
 
 /// A [`LayerSource`] over one layer of a [`Source`] (the cache asks by hash).
 pub struct LayerBlob<'a> {
@@ -94,234 +94,6 @@ pub fn build_cached_source(url: &RegistryUrl, opts: &Options) -> Result<Source, 
 /// A Dewy key must stay a file name in the cache directory.
 pub fn key_is_safe(key: &str) -> bool {
     !key.is_empty() && !key.contains('/') && key != "." && key != ".." && key != "current"
-}
-
-/// Downloads a layer that has no published digest into the cache and returns its sha256.
-/// An artifact larger than `max_bytes` (what it may unpack to) is refused: Dewy's cap on a
-/// download, with our limit.
-///
-/// The bytes go to `cache/resume-<id>`, `<id>` derived from the layer's locator, so an
-/// interrupted download (a dropped connection, a killed agent) continues where it stopped:
-/// the partial prefix is re-hashed and the rest asked for from its length. Only when the
-/// object is still the one the partial came from: `resume-<id>.meta` records the validator
-/// the sources expose for it (its locator, listed size and time: S3 `LastModified`, GCS
-/// `timeCreated`, the GitHub release's time; a re-uploaded GitHub asset gets a new asset
-/// URL); otherwise the download starts from zero. Neither name is `temp-*`/`.partial`, so
-/// the cache's grace rule for unreferenced files (an hour) removes abandoned ones.
-pub async fn fetch_unverified(
-    cache: &Cache,
-    source: &Source,
-    layer: &Layer,
-    created_at: Option<OffsetDateTime>,
-    io_timeout: Duration,
-    max_bytes: u64,
-) -> anyhow::Result<String> {
-    if let Some(size) = layer.size.filter(|s| *s > max_bytes) {
-        anyhow::bail!(
-            "{} is {size} bytes, more than -max-unpack-bytes {max_bytes}",
-            layer.name
-        );
-    }
-    let dir = cache.dir();
-    mkdir(dir)?;
-    let id = &Digest::of(layer.locator.as_bytes()).to_hex()[..32];
-    let part = dir.join(format!("{RESUME_PREFIX}{id}"));
-    let meta = dir.join(format!("{RESUME_PREFIX}{id}.meta"));
-    let validator = validator(layer, created_at);
-    let dl = Download {
-        source,
-        layer,
-        part: &part,
-        io_timeout,
-        max_bytes,
-    };
-    let mut resumed = resumable(&part, &meta, &validator, max_bytes, layer.size).await;
-    let res = loop {
-        let res = dl.run(resumed.take()).await;
-        match res {
-            Err(DlError::Resume(e)) => {
-                tracing::info!(
-                    layer = %layer.name,
-                    "cannot resume the partial download ({e:#}), starting from zero"
-                );
-            }
-            other => break other,
-        }
-        // Starting over: the partial and its record describe a download we gave up.
-        let _ = std::fs::remove_file(&part);
-    };
-    let hash = match res {
-        Ok(h) => h,
-        Err(DlError::Resume(e) | DlError::Keep(e)) => {
-            return Err(e.context(format!("cannot download {}", layer.name)));
-        }
-        Err(DlError::Drop(e)) => {
-            let _ = std::fs::remove_file(&part);
-            let _ = std::fs::remove_file(&meta);
-            return Err(e.context(format!("cannot download {}", layer.name)));
-        }
-    };
-    let final_path = cache.path(&hash);
-    if cache.contains(&hash) {
-        let _ = std::fs::remove_file(&part);
-    } else {
-        std::fs::rename(&part, &final_path)
-            .with_context(|| format!("cannot rename {}", part.display()))?;
-        crate::cache::sync_dir(dir)?;
-    }
-    let _ = std::fs::remove_file(&meta);
-    Ok(hash)
-}
-
-/// Scratch files of resumable downloads (see [`fetch_unverified`]).
-const RESUME_PREFIX: &str = "resume-";
-/// A validator record is a few lines; a bigger file is not ours.
-const MAX_META: u64 = 64 * 1024;
-
-/// What must be unchanged for a partial download to be continued.
-fn validator(layer: &Layer, created_at: Option<OffsetDateTime>) -> String {
-    let size = layer.size.map_or("-".to_string(), |s| s.to_string());
-    let time = created_at.map_or("-".to_string(), common::timefmt::rfc3339_nano);
-    format!("v1\n{}\n{size}\n{time}\n", layer.locator)
-}
-
-/// A partial download that may be continued: its length and the hash of its bytes.
-struct Resumed {
-    len: u64,
-    hasher: Hasher,
-}
-
-/// The partial to continue, if its record matches `validator`; otherwise a fresh record is
-/// written (before any byte) and the download starts from zero.
-async fn resumable(
-    part: &Path,
-    meta: &Path,
-    validator: &str,
-    max_bytes: u64,
-    size: Option<u64>,
-) -> Option<Resumed> {
-    let recorded = std::fs::metadata(meta)
-        .ok()
-        .filter(|m| m.len() <= MAX_META)
-        .and_then(|_| std::fs::read_to_string(meta).ok());
-    if recorded.as_deref() == Some(validator) {
-        match rehash(part).await {
-            Ok(Some(r)) if r.len <= max_bytes && size.is_none_or(|s| r.len <= s) => {
-                tracing::info!(bytes = r.len, "resuming a partial download");
-                return Some(r);
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("cannot read {}: {e}", part.display()),
-        }
-    } else if recorded.is_some() {
-        tracing::info!("the artifact changed since the partial download, starting from zero");
-    }
-    let _ = std::fs::remove_file(part);
-    let tmp = meta.with_extension(format!("tmp-{:016x}", rand::random::<u64>()));
-    let written = std::fs::write(&tmp, validator).and_then(|()| std::fs::rename(&tmp, meta));
-    if let Err(e) = written {
-        // Without a record the partial is never resumed: still a correct download.
-        let _ = std::fs::remove_file(&tmp);
-        tracing::warn!("cannot write {}: {e}", meta.display());
-    }
-    None
-}
-
-async fn rehash(part: &Path) -> io::Result<Option<Resumed>> {
-    let mut f = match tokio::fs::File::open(part).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut hasher = Hasher::new();
-    let mut buf = vec![0u8; 256 << 10];
-    let mut len = 0u64;
-    loop {
-        let n = f.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(Some(Resumed { len, hasher }));
-        }
-        len += n as u64;
-        hasher.update(&buf[..n]);
-    }
-}
-
-/// How a download attempt failed, which decides what happens to the partial.
-enum DlError {
-    /// Asking for the rest failed: start again from zero.
-    Resume(anyhow::Error),
-    /// Interrupted: the partial is good for the next attempt.
-    Keep(anyhow::Error),
-    /// The bytes are unusable (too many, not the listed size).
-    Drop(anyhow::Error),
-}
-
-struct Download<'a> {
-    source: &'a Source,
-    layer: &'a Layer,
-    part: &'a Path,
-    io_timeout: Duration,
-    max_bytes: u64,
-}
-
-impl Download<'_> {
-    async fn run(&self, resumed: Option<Resumed>) -> Result<String, DlError> {
-        let (offset, mut hasher) = resumed.map_or((0, Hasher::new()), |r| (r.len, r.hasher));
-        let keep = DlError::Keep;
-        let mut out = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(self.part)
-            .await
-            .with_context(|| format!("cannot open {}", self.part.display()))
-            .map_err(keep)?;
-        let secs = self.io_timeout.as_secs();
-        let mut total = offset;
-        // A partial as long as the listed size only missed its rename.
-        if self.layer.size != Some(offset) || offset == 0 {
-            let opened =
-                tokio::time::timeout(self.io_timeout, self.source.fetch(self.layer, offset))
-                    .await
-                    .map_err(|_| anyhow::anyhow!("no answer for {secs}s"))
-                    .and_then(|r| r.map_err(anyhow::Error::from));
-            let mut reader = match opened {
-                Ok(r) => r,
-                Err(e) if offset > 0 => return Err(DlError::Resume(e)),
-                Err(e) => return Err(keep(e)),
-            };
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                let n = tokio::time::timeout(self.io_timeout, reader.read(&mut buf))
-                    .await
-                    .map_err(|_| anyhow::anyhow!("no data for {secs}s"))
-                    .and_then(|r| r.map_err(anyhow::Error::from))
-                    .map_err(keep)?;
-                if n == 0 {
-                    break;
-                }
-                total += n as u64;
-                if total > self.max_bytes {
-                    return Err(DlError::Drop(anyhow::anyhow!(
-                        "more than -max-unpack-bytes {} bytes",
-                        self.max_bytes
-                    )));
-                }
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n]).await.map_err(|e| keep(e.into()))?;
-            }
-        }
-        if let Some(size) = self.layer.size.filter(|s| *s != total) {
-            // The object changed under the download (or the listing lied): the bytes
-            // are a mix of two objects at worst.
-            return Err(DlError::Drop(anyhow::anyhow!(
-                "got {total} bytes, the registry listed {size}"
-            )));
-        }
-        out.flush().await.map_err(|e| keep(e.into()))?;
-        out.sync_data().await.map_err(|e| keep(e.into()))?;
-        Ok(hasher.finish().to_hex())
-    }
 }
 
 /// The sha256 of the blob a present Dewy key file holds, linked into the cache; `None` when
