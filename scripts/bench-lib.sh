@@ -56,6 +56,11 @@ median() {
     if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
+# "min-max" of the numbers given as arguments
+spread() {
+  printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { if (NR) print lo "-" hi; else print "nan" }'
+}
+
 # MB/s (10^6 bytes) for $1 bytes in $2 nanoseconds, one decimal.
 mbps() { awk -v b="$1" -v ns="$2" 'BEGIN { printf "%.1f", b / 1e6 / (ns / 1e9) }'; }
 
