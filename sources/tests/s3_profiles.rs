@@ -46,6 +46,27 @@ impl Recording {
             })
             .collect()
     }
+    /// Every request (head, body) sent, in order: the client sends one at a time here.
+    fn requests(&self) -> Vec<(String, Vec<u8>)> {
+        let up = self.up.lock().unwrap().clone();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some(end) = find(&up[at..], b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&up[at..at + end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            let body = up[at + end + 4..at + end + 4 + len].to_vec();
+            at += end + 4 + len;
+            out.push((head, body));
+        }
+        out
+    }
     /// Every value of `<tag>` in what moto answered, in order.
     fn answered(&self, tag: &str) -> Vec<String> {
         let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
@@ -55,6 +76,45 @@ impl Recording {
             .map(|s| s.split(&close).next().unwrap().to_string())
             .collect()
     }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Recomputes a request's SigV4 signature with botocore (moto's venv), an implementation
+/// independent of the one under test; moto itself does not check signatures.
+fn botocore_agrees(head: &str, body: &[u8], secret: &str, endpoint: &str) {
+    const PY: &str = r#"
+import hashlib, sys
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+head, secret, endpoint = sys.argv[1], sys.argv[2], sys.argv[3]
+body = sys.stdin.buffer.read()
+lines = head.split("\r\n")
+method, path, _ = lines[0].split(" ")
+h = {k.lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:])}
+fields = dict(p.strip().split("=", 1) for p in h["authorization"].split(" ", 1)[1].split(","))
+key, date, region, service, _ = fields["Credential"].split("/")
+signed = fields["SignedHeaders"].split(";")
+assert h["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest(), "payload hash"
+req = AWSRequest(method=method, url=endpoint + path, data=body, headers={n: h[n] for n in signed})
+req.context["timestamp"] = h["x-amz-date"]
+auth = SigV4Auth(Credentials(key, secret), service, region)
+sig = auth.signature(auth.string_to_sign(req, auth.canonical_request(req)), req)
+assert sig == fields["Signature"], (sig, fields["Signature"])
+"#;
+    let mut child = std::process::Command::new("/opt/deploy-peers-venv/bin/python")
+        .args(["-c", PY, head, secret, endpoint])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), body).unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "botocore disagrees on:\n{head}"
+    );
 }
 
 /// A TCP proxy to `port` recording both directions; it lives as long as the test's runtime.
@@ -205,6 +265,17 @@ async fn role_chain_assumes_each_role_with_the_previous_keys() {
     // Every S3 request is signed by the deploy role, with its session token.
     assert!(s3.len() >= 4, "{signers:?}");
     assert!(s3.iter().all(|k| **k == issued[1]), "{signers:?}");
+    // The STS calls are signed as AWS would check them: mid's with base's secret, deploy's
+    // with the secret STS issued for mid.
+    let secrets = rec.answered("SecretAccessKey");
+    let sts_calls: Vec<_> = rec
+        .requests()
+        .into_iter()
+        .filter(|(h, _)| h.starts_with("POST "))
+        .collect();
+    assert_eq!(sts_calls.len(), 2);
+    botocore_agrees(&sts_calls[0].0, &sts_calls[0].1, "base-secret", &endpoint);
+    botocore_agrees(&sts_calls[1].0, &sts_calls[1].1, &secrets[0], &endpoint);
     let token = &rec.answered("SessionToken")[1];
     assert!(up.to_ascii_lowercase().contains(&format!(
         "x-amz-security-token: {}",
