@@ -184,6 +184,19 @@ fn resolve(
     }
     let get = |key: &str| files.get(name, key);
     let keys = static_keys_of(files, name);
+    if let Some(k) = &keys {
+        // They go into HTTP headers, where object_store cannot take a control character.
+        let checks = [
+            ("aws_access_key_id", Some(&k.access_key_id)),
+            ("aws_secret_access_key", Some(&k.secret_access_key)),
+            ("aws_session_token", k.session_token.as_ref()),
+        ];
+        for (key, v) in checks {
+            if let Some(v) = v {
+                refresh::check_key(key, v).map_err(|e| err(key, &e))?;
+            }
+        }
+    }
     if !top && let Some(k) = keys.clone() {
         return Ok(Some(Plan::Static(k)));
     }
@@ -396,5 +409,17 @@ mod tests {
             })
         );
         assert_eq!(run("missing", &[]).unwrap(), None);
+        let (_d, env) = env_of(
+            &[(
+                "AWS_CONFIG_FILE",
+                "[default]\naws_access_key_id=A\u{7}\naws_secret_access_key=S\n",
+            )],
+            &[],
+        );
+        let e = plan(&env, "r").unwrap_err();
+        assert!(
+            e.contains("aws_access_key_id") && !e.contains("A\u{7}"),
+            "{e}"
+        );
     }
 }
