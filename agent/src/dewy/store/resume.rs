@@ -5,9 +5,12 @@
 //! the partial prefix is re-hashed and the rest asked for from its length. Only when the
 //! object is still the one the partial came from: `resume-<id>.meta` records the validator
 //! the sources expose for it (its locator, listed size and time: S3 `LastModified`, GCS
-//! `timeCreated`, the GitHub release's time; a re-uploaded GitHub asset gets a new asset
-//! URL); otherwise the download starts from zero. Neither name is `temp-*`/`.partial`, so
-//! the cache's grace rule for unreferenced files (an hour) removes abandoned ones.
+//! `timeCreated`, the GitHub release's time, the grpc answer's time); otherwise the
+//! download starts from zero. The sources expose no ETag or generation, so a GitHub asset
+//! re-uploaded with the same size into the same release, or an object replaced by one of the
+//! same size within the same second, is not told apart. Neither name is
+//! `temp-*`/`.partial`, so the cache's grace rule for unreferenced files (an hour) removes
+//! abandoned ones.
 //!
 //! Nothing checks these bytes afterwards (there is no digest), so a partial is only trusted
 //! up to what was fsynced: every [`CHECKPOINT`] bytes the file is synced and then its length
