@@ -8,9 +8,9 @@
 //! `pwd` is `/`. One deliberate difference: FSETSTAT on an upload handle succeeds (and is
 //! ignored), so that `scp` and `put -p` finish without an error.
 //!
-//! WRITE hashes its data (CPU only) and queues it for the upload's disk thread (see
-//! `store::Upload`), so writing the previous chunks overlaps with receiving and hashing the
-//! next ones; it waits only when that thread is behind. A failed write (a limit, a full disk)
+//! WRITE queues its data for the upload's hashing and disk threads (see `store::Upload`), so
+//! hashing and writing the previous chunks overlap with receiving the next ones; it waits only
+//! when one of those threads is behind. A failed write (a limit, a full disk)
 //! is reported on that WRITE or, when the disk thread meets it, on a later WRITE or at CLOSE;
 //! the handle then answers that error to everything.
 
