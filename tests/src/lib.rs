@@ -57,6 +57,27 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Go's `runtime.GOARCH` of this machine: the arch in the artifact names Dewy's rules pick.
+pub fn goarch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Runs a fixture-building command (umoci, skopeo...); fails the test with its output unless
+/// it succeeds.
+pub fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A TCP port free right now on 127.0.0.1, so that parallel tests do not collide.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

@@ -12,15 +12,6 @@ use std::time::{Duration, Instant};
 use e2e::peers::{FakeGcs, Moto, OciRegistry};
 use e2e::*;
 
-/// Go's `runtime.GOARCH` of this machine, for artifact names the agent picks.
-fn goarch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
 /// An archive of `files` (name, content, mode) in `kind` (`zip`, `bz2`, `xz`), made by
 /// Python's standard library: an independent writer of those formats.
 fn py_archive(kind: &str, files: &[(&str, &[u8], u32)]) -> Vec<u8> {
@@ -392,16 +383,6 @@ fn ssh_url_is_our_registry() {
     );
     assert!(host.current().starts_with("unpacked"));
     assert_eq!(host.deploys().len(), 1);
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// An image of two layers built by umoci for this host: the first adds `hello.txt` and

@@ -16,14 +16,6 @@ const REFRESHED: &str = "Registry result refreshed from upstream";
 const WRITTEN: &str = "Artifact written to the shared cache";
 const SHARED_HIT: &str = "Artifact read from the shared cache";
 
-fn goarch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
 fn artifact_name() -> String {
     format!("app_linux_{}.tar.gz", goarch())
 }

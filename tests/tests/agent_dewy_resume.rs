@@ -107,14 +107,6 @@ impl Drop for Agent {
     }
 }
 
-fn goarch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
 /// Incompressible bytes (so the .tar.gz is as large as its content), from a seed.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;

@@ -10,14 +10,6 @@ use std::time::{Duration, Instant};
 use e2e::peers::Moto;
 use e2e::*;
 
-fn goarch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
 /// A running `deploy-agent <word> ...` in its own working directory, logging to a file.
 struct Dewy {
     dir: tempfile::TempDir,

@@ -21,24 +21,6 @@ static PODMAN: Mutex<()> = Mutex::new(());
 /// Generous limits for things that take seconds: they fail a hung test, they time nothing.
 const LONG: Duration = Duration::from_secs(180);
 
-fn goarch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// An image of busybox-static whose entrypoint serves `/www` with httpd on 8080 (a shell as
 /// PID 1 that exits on SIGTERM, so `stop` does not wait for its kill timeout). `/www/VERSION`
 /// holds `version`; `/www/health` exists only when `healthy`. Pushed as `repo:version`.

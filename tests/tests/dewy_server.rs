@@ -18,14 +18,6 @@ use e2e::*;
 /// Generous bounds for things that take seconds: they fail a hung test, they time nothing.
 const LONG: Duration = Duration::from_secs(120);
 
-fn goarch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
 /// moto with bucket `rel`; releases under `app/<tag>/`.
 struct Store {
     moto: Moto,
