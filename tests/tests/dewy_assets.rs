@@ -128,6 +128,15 @@ fn publish(moto: &Moto, version: &str, content: &str) {
     );
 }
 
+/// moto with bucket `rel` holding one release under `app/`, and the registry URL for it.
+fn store_with(version: &str, content: &str) -> (Moto, String) {
+    let moto = Moto::start();
+    moto.bucket("rel");
+    publish(&moto, version, content);
+    let registry = format!("s3://us-east-1/rel/app?endpoint={}", moto.url());
+    (moto, registry)
+}
+
 fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -151,10 +160,7 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
 
 #[test]
 fn assets_follows_releases_with_hooks_around_each_deploy() {
-    let moto = Moto::start();
-    moto.bucket("rel");
-    publish(&moto, "v1.0.0", "one");
-    let registry = format!("s3://us-east-1/rel/app?endpoint={}", moto.url());
+    let (moto, registry) = store_with("v1.0.0", "one");
     let mut dewy = Dewy::new();
     // The after hook sees the new `current` (it runs after the switch).
     dewy.start(&[
@@ -205,10 +211,7 @@ fn assets_follows_releases_with_hooks_around_each_deploy() {
 
 #[test]
 fn a_failing_before_hook_aborts_the_deploy_and_is_retried() {
-    let moto = Moto::start();
-    moto.bucket("rel");
-    publish(&moto, "v1.0.0", "one");
-    let registry = format!("s3://us-east-1/rel/app?endpoint={}", moto.url());
+    let (_moto, registry) = store_with("v1.0.0", "one");
     let mut dewy = Dewy::new();
     // Fails until the file `allow` exists.
     dewy.start(&[
@@ -242,10 +245,7 @@ fn a_failing_before_hook_aborts_the_deploy_and_is_retried() {
 
 #[test]
 fn telemetry_serves_status_and_metrics() {
-    let moto = Moto::start();
-    moto.bucket("rel");
-    publish(&moto, "v2.0.0", "metrics");
-    let registry = format!("s3://us-east-1/rel/app?endpoint={}", moto.url());
+    let (_moto, registry) = store_with("v2.0.0", "metrics");
     let admin = free_port();
     let mut dewy = Dewy::new();
     dewy.start(&[
@@ -321,10 +321,7 @@ fn command_line_errors_exit_1_with_a_clear_text() {
 #[test]
 fn mail_notifications_tell_the_story_of_a_run() {
     let smtpd = e2e::smtp::Smtpd::start("dewy", "s3cret");
-    let moto = Moto::start();
-    moto.bucket("rel");
-    publish(&moto, "v1.0.0", "one");
-    let registry = format!("s3://us-east-1/rel/app?endpoint={}", moto.url());
+    let (_moto, registry) = store_with("v1.0.0", "one");
     let notifier = format!(
         "mail://127.0.0.1:{}/ops@example.test?username=dewy&from=dewy@example.test&subject=deploys",
         smtpd.port
@@ -409,10 +406,7 @@ fn mail_notifications_tell_the_story_of_a_run() {
 
 #[test]
 fn a_second_agent_in_the_same_directory_is_refused() {
-    let moto = Moto::start();
-    moto.bucket("rel");
-    publish(&moto, "v1.0.0", "one");
-    let registry = format!("s3://us-east-1/rel/app?endpoint={}", moto.url());
+    let (moto, registry) = store_with("v1.0.0", "one");
     let mut dewy = Dewy::new();
     dewy.start(&["assets", "--registry", &registry, "-i", "1", "-l", "info"]);
     dewy.wait_for("the deploy", |d| d.serves("VERSION", "one"));
@@ -429,10 +423,7 @@ fn a_second_agent_in_the_same_directory_is_refused() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let moto = Moto::start();
-    moto.bucket("rel");
-    publish(&moto, "v1.0.0", "one");
-    let registry = format!("s3://us-east-1/rel/app?endpoint={}", moto.url());
+    let (moto, registry) = store_with("v1.0.0", "one");
     let mut dewy = Dewy::new();
     dewy.start(&[
         "assets",
