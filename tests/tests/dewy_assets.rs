@@ -406,7 +406,7 @@ fn mail_notifications_tell_the_story_of_a_run() {
 
 #[test]
 fn a_second_agent_in_the_same_directory_is_refused() {
-    let (moto, registry) = store_with("v1.0.0", "one");
+    let (_moto, registry) = store_with("v1.0.0", "one");
     let mut dewy = Dewy::new();
     dewy.start(&["assets", "--registry", &registry, "-i", "1", "-l", "info"]);
     dewy.wait_for("the deploy", |d| d.serves("VERSION", "one"));
@@ -423,7 +423,7 @@ fn a_second_agent_in_the_same_directory_is_refused() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let (moto, registry) = store_with("v1.0.0", "one");
+    let (_moto, registry) = store_with("v1.0.0", "one");
     let mut dewy = Dewy::new();
     dewy.start(&[
         "assets",
