@@ -34,6 +34,12 @@ impl Store {
         format!("s3://us-east-1/rel/app?endpoint={}", self.moto.url())
     }
 
+    /// Publishes `tag` as this archive.
+    fn publish_archive(&self, tag: &str, archive: &[u8]) {
+        let name = format!("app_linux_{}.tar.gz", goarch());
+        self.moto.put("rel", &format!("app/{tag}/{name}"), archive);
+    }
+
     /// Publishes `tag` serving `version` on `/`; with `unhealthy`, its `/health` answers 500.
     fn publish(&self, tag: &str, version: &str, unhealthy: bool) {
         let app = fs::read(workspace().join("tests/fixtures/server_app.py")).unwrap();
@@ -58,20 +64,28 @@ struct Server {
 
 impl Server {
     fn start(store: &Store, extra: &[&str]) -> Server {
+        Server::start_with(store, extra, |dir| {
+            vec![
+                "python3".into(),
+                dir.join("current/server_app.py").display().to_string(),
+            ]
+        })
+    }
+
+    /// With the worker's command line made from the working directory.
+    fn start_with(store: &Store, extra: &[&str], command: impl Fn(&Path) -> Vec<String>) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("e2e-dewy-server")
             .tempdir()
             .unwrap();
         let port = free_port();
-        let script = dir.path().join("current/server_app.py");
         let child = Command::new(bin("deploy-agent"))
             .arg("server")
             .args(["--registry", &store.registry(), "-i", "1"])
             .args(["-p", &port.to_string(), "-l", "info"])
             .args(extra)
             .arg("--")
-            .arg("python3")
-            .arg(&script)
+            .args(command(dir.path()))
             .current_dir(dir.path())
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
@@ -468,4 +482,38 @@ fn a_worker_killed_behind_the_agents_back_is_respawned() {
     // A respawn is not a deploy.
     assert_eq!(count(&log, "Create symlink"), 1, "{log}");
     assert!(gone(worker));
+}
+
+/// A release whose command is missing (the worker cannot even be spawned) is rolled back
+/// like an unhealthy one: `current` goes back to the release whose worker runs.
+#[test]
+fn a_release_whose_command_is_missing_is_rolled_back() {
+    let store = Store::start();
+    let app = fs::read(workspace().join("tests/fixtures/server_app.py")).unwrap();
+    let with_run = |version: &str, run: bool| {
+        let mut b = TarBuilder::new()
+            .file("server_app.py", &app)
+            .file("VERSION", version.as_bytes());
+        if run {
+            b = b.file_mode(
+                "run",
+                b"#!/bin/sh\nexec python3 \"$(dirname \"$0\")/server_app.py\"\n",
+                0o755,
+            );
+        }
+        b.gz()
+    };
+    store.publish_archive("v1.0.0", &with_run("1.0.0", true));
+    let server = Server::start_with(&store, &[], |dir| {
+        vec![dir.join("current/run").display().to_string()]
+    });
+    server.serving("1.0.0");
+    let good = server.current();
+    store.publish_archive("v1.1.0", &with_run("1.1.0", false));
+    server.wait_for("the rollback", || {
+        server.log().contains("release v1.1.0 did not start")
+            && server.log().contains("; rolled back to v1.0.0")
+    });
+    assert_eq!(server.current(), good, "{}", server.both());
+    assert_eq!(get(server.port, "/").unwrap().1, "1.0.0");
 }

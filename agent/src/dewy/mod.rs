@@ -279,7 +279,7 @@ impl ReleaseAgent {
         if let Some(lc) = &self.lifecycle
             && lc.is_rejected(&release.tag)
         {
-            tracing::debug!(tag = %release.tag, "Deploy skipped: this release failed its health check and was rolled back");
+            tracing::debug!(tag = %release.tag, "Deploy skipped: this release was rolled back (it did not start or failed its health check)");
             return Ok(Outcome::UpToDate);
         }
         if self.is_current(&local, &release) {
@@ -421,15 +421,17 @@ impl ReleaseAgent {
                 .unwrap_or_else(|p| p.into_inner());
             st.current_version = tag.to_string();
         }
-        let reason = match lc.start_server(tag, true).await {
+        // A worker that cannot even start (its command missing from the new release) is
+        // rolled back like one that fails its health check: `current` must name what runs.
+        let (failure, reason) = match lc.start_server(tag, true).await {
             Ok(()) => return Ok(()),
-            Err(mode::ActivateError::Start(e)) => return Err(e),
-            Err(mode::ActivateError::Unhealthy(reason)) => reason,
+            Err(mode::ActivateError::Start(e)) => ("did not start", format!("{e:#}")),
+            Err(mode::ActivateError::Unhealthy(reason)) => ("failed its health check", reason),
         };
         let Some((old_root, old_config)) = previous else {
             lc.reject(tag);
             anyhow::bail!(
-                "release {tag} failed its health check and there is no previous release to roll back to: {reason}"
+                "release {tag} {failure} and there is no previous release to roll back to: {reason}"
             );
         };
         lc.before_deploy().await.ok();
@@ -455,9 +457,7 @@ impl ReleaseAgent {
                 format!("; the previous release is unhealthy too: {m}")
             }
         };
-        anyhow::bail!(
-            "release {tag} failed its health check ({reason}); rolled back to {old_tag}{worse}"
-        )
+        anyhow::bail!("release {tag} {failure} ({reason}); rolled back to {old_tag}{worse}")
     }
 
     /// The state says this release runs (same layers, same tag, same digests where the source
