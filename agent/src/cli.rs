@@ -133,7 +133,7 @@ pub fn flagset() -> FlagSet {
             s(
                 "registry",
                 "",
-                "registry `URL`: ssh://host:port/<configuration>, ghr://, s3://, gs://, img:// or grpc:// (instead of -addr and -name)",
+                "registry `URL`: ssh://host:port/<configuration>, ghr://, s3://, gs://, img:// or grpc:// (instead of -addr and -name); Dewy's command line: deploy-agent server|assets|container --help",
             ),
             s("script", "./deploy.sh", "script to run on deploys"),
             dur(
