@@ -146,6 +146,52 @@ fn parse_query(raw: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Go's `u.RawQuery = u.Query().Encode()` then `u.String()` for a registry URL: the query's
+/// pairs (as [`parse_query`] reads them) sorted by key, values of one key in their order, and
+/// re-escaped with `url.QueryEscape`. Dewy names its shared registry-cache entry after this
+/// text, so the same registry written with its options in another order shares one entry.
+pub fn canonical_url(raw: &str) -> String {
+    let (head, fragment) = match raw.split_once('#') {
+        Some((h, f)) => (h, Some(f)),
+        None => (raw, None),
+    };
+    let Some((base, query)) = head.split_once('?') else {
+        return raw.to_string();
+    };
+    let mut pairs = parse_query(query);
+    // Stable: the values of one key keep their order, as Go's Encode does.
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    let encoded: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", query_escape(k), query_escape(v)))
+        .collect();
+    let mut out = base.to_string();
+    if !encoded.is_empty() {
+        out.push('?');
+        out.push_str(&encoded.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+/// `url.QueryEscape`.
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &c in s.as_bytes() {
+        match c {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(c as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{c:02X}")),
+        }
+    }
+    out
+}
+
 /// How a decoded field is typed in Dewy's option structs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {

@@ -27,6 +27,7 @@ pub mod calver;
 pub mod checksum;
 pub mod cli;
 mod goquery;
+pub use goquery::canonical_url;
 pub mod listing;
 pub mod notify;
 #[cfg(test)]

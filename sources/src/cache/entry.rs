@@ -106,88 +106,12 @@ pub fn lock_ttl(ttl: Duration) -> Duration {
 pub fn entry_key(registry_url: &str, platform: &Platform<'_>) -> String {
     let text = format!(
         "{}|{}|{}",
-        canonical_url(registry_url),
+        common::dewy::canonical_url(registry_url),
         platform.os,
         platform.arch
     );
     let hex = Digest::of(text.as_bytes()).to_hex();
     format!("registry-cache/{}.json", &hex[..16])
-}
-
-/// Go's `u.RawQuery = u.Query().Encode()`: the query's pairs sorted by key (values of one key
-/// in their order) and re-escaped with `url.QueryEscape`. Pairs Go's parser drops (a `;`, a bad
-/// escape) are dropped.
-pub fn canonical_url(raw: &str) -> String {
-    let (head, fragment) = match raw.split_once('#') {
-        Some((h, f)) => (h, Some(f)),
-        None => (raw, None),
-    };
-    let Some((base, query)) = head.split_once('?') else {
-        return raw.to_string();
-    };
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    for part in query.split('&') {
-        if part.is_empty() || part.contains(';') {
-            continue;
-        }
-        let (k, v) = part.split_once('=').unwrap_or((part, ""));
-        if let (Some(k), Some(v)) = (query_unescape(k), query_unescape(v)) {
-            pairs.push((k, v));
-        }
-    }
-    pairs.sort_by(|a, b| a.0.cmp(&b.0));
-    let encoded: Vec<String> = pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", query_escape(k), query_escape(v)))
-        .collect();
-    let mut out = base.to_string();
-    if !encoded.is_empty() {
-        out.push('?');
-        out.push_str(&encoded.join("&"));
-    }
-    if let Some(f) = fragment {
-        out.push('#');
-        out.push_str(f);
-    }
-    out
-}
-
-fn query_unescape(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(h, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    Some(String::from_utf8_lossy(&out).into_owned())
-}
-
-fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for &c in s.as_bytes() {
-        match c {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(c as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{c:02X}")),
-        }
-    }
-    out
 }
 
 /// The entry's view of a release; `None` for what Dewy's response cannot carry (an image with
@@ -376,12 +300,12 @@ mod tests {
     #[test]
     fn keys_and_canonical_urls() {
         assert_eq!(
-            canonical_url("ghr://o/r?pre-release=true&artifact=a b+c"),
+            common::dewy::canonical_url("ghr://o/r?pre-release=true&artifact=a b+c"),
             "ghr://o/r?artifact=a+b+c&pre-release=true"
         );
-        assert_eq!(canonical_url("s3://r/b/p"), "s3://r/b/p");
+        assert_eq!(common::dewy::canonical_url("s3://r/b/p"), "s3://r/b/p");
         assert_eq!(
-            canonical_url("s3://r/b?endpoint=http://h:9000/x&b=2&a=1&b=1"),
+            common::dewy::canonical_url("s3://r/b?endpoint=http://h:9000/x&b=2&a=1&b=1"),
             "s3://r/b?a=1&b=2&b=1&endpoint=http%3A%2F%2Fh%3A9000%2Fx"
         );
         let linux = Platform {
