@@ -25,6 +25,16 @@ pub mod s3;
 
 pub use error::SourceError;
 
+/// This host's name as Go's `os.Hostname` reads it on Linux (`/proc/sys/kernel/hostname`);
+/// `None` when unreadable or empty. Dewy puts it in audit reports, lock owners and
+/// notifications.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
 use common::dewy::artifact::ArtifactKind;
 use common::digest::Digest;
 use common::timefmt::OffsetDateTime;

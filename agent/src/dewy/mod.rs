@@ -632,7 +632,11 @@ impl ReleaseAgent {
 
     /// Dewy's audit record of the deploy (spec 4); a failure is logged, never the deploy's.
     async fn report(&self, tag: &str) {
-        let info = audit_info(&hostname(), Command::Assets, common::timefmt::now());
+        let info = audit_info(
+            &sources::hostname().unwrap_or_else(|| "localhost".into()),
+            Command::Assets,
+            common::timefmt::now(),
+        );
         let res = match &self.source {
             Source::S3(s) => s.report(tag, &info).await.map(|_| ()),
             Source::Gs(s) => s.report(tag, &info).await.map(|_| ()),
@@ -675,15 +679,6 @@ fn poll_delay(poll: Duration, failures: u32, retry_after: Option<Duration>) -> D
         Some(r) => jittered.max(r),
         None => jittered,
     }
-}
-
-/// Go's `os.Hostname` on Linux: `/proc/sys/kernel/hostname`.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim_end_matches('\n').to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 fn mkdir(dir: &Path) -> std::io::Result<()> {

@@ -4,9 +4,7 @@
 use common::dewy::notify::mail::{Origin, passwd_full_name};
 
 pub(super) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    sources::hostname().unwrap_or_default()
 }
 
 pub(super) fn origin(workdir: &std::path::Path) -> Origin {

@@ -44,7 +44,11 @@ impl RegistryCache {
             key: entry::entry_key(registry_url, platform),
             ttl,
             lock_ttl: entry::lock_ttl(ttl),
-            owner: format!("{}:{}", hostname(), std::process::id()),
+            owner: format!(
+                "{}:{}",
+                crate::hostname().unwrap_or_else(|| "localhost".into()),
+                std::process::id()
+            ),
         }
     }
 
@@ -192,13 +196,4 @@ fn unlocked(e: Entry) -> Entry {
         locked_by: String::new(),
         ..e
     }
-}
-
-/// Go's `os.Hostname` on Linux.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim_end_matches('\n').to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
