@@ -40,11 +40,24 @@ pub mod state;
 pub mod supervise;
 pub mod unpack;
 
-/// The runtime every mode runs on: two workers, which keeps the agent small on a fleet host
-/// (downloads and unpacking are I/O- and blocking-pool-bound, not worker-bound).
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs a mode to its end on the agent's runtime and turns its success into the exit code
+/// (0, or 1 as Go's `log.Fatal`). Two workers keep the agent small on a fleet host: downloads
+/// and unpacking are I/O- and blocking-pool-bound, not worker-bound.
+pub fn run_to_exit(mode: impl std::future::Future<Output = bool>) -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    if rt.block_on(mode) {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    }
 }

@@ -112,17 +112,8 @@ fn main() -> ExitCode {
         connect_timeout: Duration::from_secs(30),
     };
 
-    let rt = match agent::runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fatal(format!("cannot start the runtime: {e}")),
-    };
-    let ok = rt.block_on(async move {
+    agent::run_to_exit(async move {
         let cancel = agent::signals::cancel_on_signals();
         Agent::new(opts, target, cancel).run().await
-    });
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    })
 }

@@ -81,14 +81,7 @@ pub fn build_source(url: &RegistryUrl) -> Result<Source, SourceError> {
 /// `main` for a Dewy source: the runtime, signals, the poll loop. The directory lock is the
 /// caller's.
 pub fn main(opts: Options, url: RegistryUrl) -> ExitCode {
-    let rt = match crate::runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let ok = rt.block_on(async move {
+    crate::run_to_exit(async move {
         let source = match store::build_cached_source(&url, &opts) {
             Ok(s) => s,
             Err(e) => {
@@ -100,12 +93,7 @@ pub fn main(opts: Options, url: RegistryUrl) -> ExitCode {
         ReleaseAgent::new(opts, url.to_string(), source, cancel)
             .run()
             .await
-    });
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    })
 }
 
 /// A deploy script failing for one release is retried with exponential backoff.

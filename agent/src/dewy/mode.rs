@@ -388,14 +388,7 @@ pub fn main(args: &[String]) -> ExitCode {
         &crate::logging::dewy_filter(&args.log_level),
         args.log_format == "json",
     );
-    let rt = match crate::runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let ok = rt.block_on(async move {
+    crate::run_to_exit(async move {
         if args.word == Word::ContainerList {
             return crate::admin::container_list(args.admin_port).await;
         }
@@ -407,12 +400,7 @@ pub fn main(args: &[String]) -> ExitCode {
                 false
             }
         }
-    });
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    })
 }
 
 async fn run(args: DewyArgs) -> anyhow::Result<bool> {
