@@ -2,29 +2,19 @@
 //! (or a small inline script) on the sockets the supervisor binds.
 
 use std::fs;
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agent::supervise::{Config, Supervisor, probe};
+use e2e::free_port;
+use e2e::http::{Hammer, get};
 
 const APP: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../tests/fixtures/server_app.py"
 );
-
-/// A port free right now (the supervisor then binds it on all interfaces).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A Dewy-like working directory: `releases/<v>/{server_app.py,VERSION}` and `current`.
 struct Site {
@@ -72,26 +62,6 @@ impl Site {
             stop_timeout: Duration::from_secs(10),
         }
     }
-}
-
-/// One `GET` on a connection of its own: (status, body).
-fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    // Generous: during a restart a connection waits in the backlog for the new worker.
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {text:?}")))?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
-    Ok((status, body.trim().to_string()))
 }
 
 async fn get_async(port: u16, path: &'static str) -> std::io::Result<(u16, String)> {
@@ -213,35 +183,8 @@ async fn restarts_under_a_stream_of_requests_drop_no_connection() {
     sup.start_or_restart().await.unwrap();
     serving(port, "1.0.0").await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    // The body of the client's latest good answer, so that each step waits until the client
-    // itself has been served by the new worker.
-    let latest = Arc::new(std::sync::Mutex::new(String::new()));
-    let (s, l) = (stop.clone(), latest.clone());
-    let client = std::thread::spawn(move || {
-        let (mut ok, mut failures, mut seen) = (0u32, Vec::new(), Vec::<String>::new());
-        // Bounded: the test stops it long before.
-        for _ in 0..200_000 {
-            if s.load(Ordering::SeqCst) {
-                break;
-            }
-            match get(port, "/") {
-                Ok((200, body)) => {
-                    ok += 1;
-                    if seen.last() != Some(&body) {
-                        seen.push(body.clone());
-                    }
-                    *l.lock().unwrap() = body;
-                }
-                other => failures.push(format!("{other:?}")),
-            }
-        }
-        (ok, failures, seen)
-    });
-    let client_got = |version: &'static str| {
-        let latest = latest.clone();
-        move || (*latest.lock().unwrap() == version).then_some(())
-    };
+    let hammer = Hammer::start(port);
+    let client_got = |version: &'static str| || hammer.got(version).then_some(());
     eventually(60, "the client's first answer", client_got("1.0.0")).await;
     for (i, version) in ["2.0.0", "1.0.0", "2.0.0", "1.0.0", "2.0.0"]
         .into_iter()
@@ -261,8 +204,7 @@ async fn restarts_under_a_stream_of_requests_drop_no_connection() {
         )
         .await;
     }
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failures, seen) = client.join().unwrap();
+    let (ok, failures, seen) = hammer.finish();
     assert!(
         failures.is_empty(),
         "{} failed: {failures:?}",

@@ -14,6 +14,7 @@
 //! - [`tar_gz`], [`TarBuilder`], [`RawEntry`]: archives, hostile ones included.
 //! - [`sha256_hex`], [`upload`]: content hashes, uploading a blob.
 
+pub mod http;
 pub mod peers;
 pub mod smtp;
 

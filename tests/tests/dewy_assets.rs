@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use e2e::http::get;
 use e2e::peers::Moto;
 use e2e::*;
 
@@ -137,27 +138,6 @@ fn store_with(version: &str, content: &str) -> (Moto, String) {
     (moto, registry)
 }
 
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
-}
-
 #[test]
 fn assets_follows_releases_with_hooks_around_each_deploy() {
     let (moto, registry) = store_with("v1.0.0", "one");
@@ -260,11 +240,12 @@ fn telemetry_serves_status_and_metrics() {
     ]);
     dewy.wait_for("the deploy", |d| d.serves("VERSION", "metrics"));
     dewy.wait_for("the deploy's metrics", |_| {
-        http_get(admin, "/metrics")
+        get(admin, "/metrics")
+            .unwrap()
             .1
             .contains("dewy_deployments_total{command=\"assets\"} 1")
     });
-    let (status, metrics) = http_get(admin, "/metrics");
+    let (status, metrics) = get(admin, "/metrics").unwrap();
     assert_eq!(status, 200);
     for needle in [
         "dewy_current_version_info{command=\"assets\",version=\"v2.0.0\"} 1",
@@ -274,7 +255,7 @@ fn telemetry_serves_status_and_metrics() {
     ] {
         assert!(metrics.contains(needle), "{needle} missing in\n{metrics}");
     }
-    let (status, body) = http_get(admin, "/api/status");
+    let (status, body) = get(admin, "/api/status").unwrap();
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["command"], 1, "{body}");
