@@ -86,7 +86,7 @@ pub async fn run(ctx: Arc<Context>, url: RegistryUrl, source: ImgSource) -> bool
         if let Err(e) = &result {
             tracing::error!("{}", crate::agent::describe(e));
         }
-        lifecycle.tick_done(&result).await;
+        lifecycle.tick_done(result.as_ref().map(|_| ())).await;
         app.refresh_metrics().await;
     }
     app.shutdown().await;

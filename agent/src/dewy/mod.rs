@@ -168,27 +168,11 @@ impl ReleaseAgent {
 
     async fn run_inner(&mut self, restarts: Option<(&tokio::sync::Notify, &AtomicBool)>) -> bool {
         loop {
-            let started = Instant::now();
             let res = self.cycle().await;
-            if let Some(lc) = &mut self.lifecycle
+            if let Some(lc) = &self.lifecycle
                 && !self.cancel.is_cancelled()
             {
-                if let Ok(Outcome::Deployed(_)) = &res {
-                    // The tag is in the admin status already; the duration is the tick's.
-                    let tag = lc
-                        .ctx
-                        .admin
-                        .status
-                        .lock()
-                        .map(|s| s.current_version.clone())
-                        .unwrap_or_default();
-                    lc.deployed(&tag, started.elapsed());
-                }
-                let tick = match &res {
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(anyhow::anyhow!("{}", describe(e))),
-                };
-                lc.tick_done(&tick).await;
+                lc.tick_done(res.as_ref().map(|_| ())).await;
             }
             let mut retry_after = None;
             let ok = match &res {
@@ -240,6 +224,7 @@ impl ReleaseAgent {
     }
 
     pub async fn cycle(&mut self) -> anyhow::Result<Outcome> {
+        let started = Instant::now();
         let local = state::load_reporting(&self.opts.state, &mut self.corrupt_reported);
         let release = match self.source.current().await {
             Ok(r) => r,
@@ -367,6 +352,9 @@ impl ReleaseAgent {
         }
         if self.lifecycle.is_some() {
             self.activate(&release.tag, previous).await?;
+        }
+        if let Some(lc) = &self.lifecycle {
+            lc.deployed(&release.tag, started.elapsed());
         }
         match releases::keep_newest(&self.opts.dir) {
             Ok(removed) if !removed.is_empty() => {

@@ -297,7 +297,7 @@ impl Lifecycle {
     }
 
     /// The end of a tick: error limiting and poll metrics.
-    pub async fn tick_done(&self, result: &anyhow::Result<()>) {
+    pub async fn tick_done(&self, result: Result<(), &anyhow::Error>) {
         let m = &self.ctx.metrics;
         let now = common::timefmt::now().unix_timestamp() as f64;
         m.set(
