@@ -13,10 +13,12 @@
 //! - [`Registry`]: a running `deploy-registry` plus ssh/sftp helpers as operator or service.
 //! - [`tar_gz`], [`TarBuilder`], [`RawEntry`]: archives, hostile ones included.
 //! - [`sha256_hex`], [`upload`]: content hashes, uploading a blob.
+//! - [`tmpfs::Tmpfs`]: a small filesystem to fill, for full-disk tests.
 
 pub mod http;
 pub mod peers;
 pub mod smtp;
+pub mod tmpfs;
 
 use std::fmt;
 use std::fs;
