@@ -161,7 +161,7 @@ impl View for Operator {
         match upload.write_bytes(offset, data).await {
             Ok(()) => Ok(ok(id)),
             Err(err) => {
-                // Dropping the upload leaves its file unregistered, for expiry to remove.
+                // Dropping the upload removes its file: a failed upload is never registered.
                 let reply = refused(&self.actor, err);
                 self.uploads.insert(handle, Slot::Failed(reply.clone()));
                 Err(reply)

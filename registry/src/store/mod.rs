@@ -120,6 +120,10 @@ pub enum StoreError {
     /// `open`: another process holds the directory lock.
     #[error("another deploy-registry is using {0}")]
     Locked(String),
+    /// The data directory's filesystem is full (or over quota). Shown as is: it names no
+    /// path and tells the operator what to do; the cause (with paths) goes to the log.
+    #[error("the registry's disk is full")]
+    DiskFull(#[source] anyhow::Error),
     /// Anything else. The message shown to clients is generic; details go to the log only,
     /// so server paths never leak (spec A11).
     #[error("internal error")]
@@ -257,10 +261,29 @@ fn take_lock(dir: &Path) -> Result<File> {
     }
 }
 
-/// Logs the full error (with paths) and wraps it; clients only ever see "internal error".
+/// Logs the full error (with paths) and wraps it; clients only ever see "internal error", or
+/// that the disk is full.
 fn internal(err: anyhow::Error) -> StoreError {
     tracing::error!("store: {err:#}");
-    StoreError::Internal(err)
+    if is_disk_full(&err) {
+        StoreError::DiskFull(err)
+    } else {
+        StoreError::Internal(err)
+    }
+}
+
+/// ENOSPC or EDQUOT from a file operation, or SQLite's own "database or disk is full".
+fn is_disk_full(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        let os = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error);
+        let sqlite_full = matches!(
+            e.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull
+        );
+        sqlite_full || os == Some(libc::ENOSPC) || os == Some(libc::EDQUOT)
+    })
 }
 
 /// `.ctx("what")` on any fallible call: an `Internal` error whose log line says what failed.

@@ -225,6 +225,48 @@ fn upload_limits() {
 }
 
 #[test]
+fn an_abandoned_upload_gives_its_space_back_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path());
+    let files = || {
+        std::fs::read_dir(tmp.path().join("uploads"))
+            .unwrap()
+            .count()
+    };
+    let mut up = store.begin_upload().unwrap();
+    up.write_at(0, &[7u8; 300_000]).unwrap();
+    assert_eq!(files(), 1);
+    drop(up);
+    assert_eq!(files(), 0, "an unregistered upload's file goes with it");
+    let kept = upload(&store, b"kept");
+    assert!(
+        store.pending_upload(&kept).unwrap().exists(),
+        "a registered one stays"
+    );
+}
+
+#[test]
+fn a_full_disk_is_named_without_paths() {
+    let enospc = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        .context("writing /secret/path/upload-1");
+    let err = internal(enospc);
+    assert!(matches!(err, StoreError::DiskFull(_)), "{err:?}");
+    assert_eq!(err.to_string(), "the registry's disk is full");
+    let quota = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EDQUOT));
+    assert!(matches!(internal(quota), StoreError::DiskFull(_)));
+    let sqlite =
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
+    assert!(matches!(
+        internal(anyhow::Error::new(sqlite)),
+        StoreError::DiskFull(_)
+    ));
+    let other = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EIO));
+    let err = internal(other);
+    assert!(matches!(err, StoreError::Internal(_)));
+    assert_eq!(err.to_string(), "internal error");
+}
+
+#[test]
 fn newest_upload_of_same_content_wins() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path());

@@ -37,8 +37,10 @@ const PREFIX: &str = "upload-";
 pub(super) const READ_BUF: usize = 1 << 20;
 
 /// An upload in progress (one SFTP write-open). The SFTP layer calls `finish` on CLOSE and, as
-/// the original does, for handles still open when the session ends. Dropped without `finish`,
-/// the file stays in `uploads/` unregistered and expiry removes it.
+/// the original does, for handles still open when the session ends. Dropped unregistered (a
+/// write that failed, a full disk, a `finish` that failed), its file is removed at once: on a
+/// full disk, the space it took is what the next upload needs. Only a crash leaves an
+/// unregistered file, for expiry.
 pub struct Upload {
     inner: Arc<Inner>,
     file: Arc<File>,
@@ -59,6 +61,8 @@ pub struct Upload {
     direct_io: bool,
     /// Cleared by `finish`, so that `Drop` does not count the upload out twice.
     counted: bool,
+    /// Set once the upload is registered: from then on the file is the registry's.
+    registered: bool,
 }
 
 impl Upload {
@@ -181,6 +185,7 @@ impl Upload {
             tx.commit().ctx(|| "commit of upload".into())?;
             old
         };
+        self.registered = true;
         // The newest upload of a content wins; the older file is now unreferenced. Removed
         // after the commit: a crash in between leaves a stray file that expiry deletes.
         if let Some(old) = replaced.filter(|old| *old != self.name) {
@@ -216,6 +221,15 @@ impl Upload {
 impl Drop for Upload {
     fn drop(&mut self) {
         self.release();
+        if !self.registered {
+            match std::fs::remove_file(self.inner.uploads.join(&self.name)) {
+                Ok(()) => tracing::info!(upload = %self.name, "abandoned upload removed"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(upload = %self.name, cause = %e, "cannot remove an abandoned upload, expiry will")
+                }
+            }
+        }
     }
 }
 
@@ -278,6 +292,7 @@ impl Store {
                 disk: None,
                 direct_io: true,
                 counted: true,
+                registered: false,
             }),
             Err(e) => {
                 self.inner.open_uploads.fetch_sub(1, Ordering::Relaxed);
