@@ -360,6 +360,20 @@ fn reader(mut r: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
 }
 
 /// Lowercase hex sha256: how the registry names content.
+/// `len` incompressible bytes (xorshift from `seed`): what gzip cannot shrink, for tests
+/// that must fill a disk or a window with a known number of bytes.
+pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.extend_from_slice(&seed.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }

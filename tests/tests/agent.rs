@@ -797,19 +797,6 @@ fn damaged_cache_entry_is_fetched_again() {
     assert_eq!(sha256_hex(&fs::read(&blob).unwrap()), code);
 }
 
-/// Incompressible bytes, so a layer's size is its transfer size.
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        v.extend_from_slice(&seed.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 /// The registry dies in the middle of a download: one clear log line, the partial download is
 /// kept, and after the registry is back the agent resumes where it stopped.
 #[test]
