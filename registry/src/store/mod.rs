@@ -70,6 +70,11 @@ pub struct Options {
     pub max_upload_bytes: u64,
     /// Most uploads pending (written, not yet used by addver or expired) at once.
     pub max_pending_uploads: usize,
+    /// Most uploads being written with their own hashing and disk threads at once (two
+    /// threads and up to ~10 MiB of queues each). Past it, an upload is written from the
+    /// blocking pool one write at a time and hashed at CLOSE: slower, but a client opening
+    /// hundreds of uploads cannot make us start thousands of threads.
+    pub max_threaded_uploads: usize,
 }
 
 impl Default for Options {
@@ -78,6 +83,7 @@ impl Default for Options {
             upload_ttl: Duration::from_secs(30 * 60),
             max_upload_bytes: 64 << 30,
             max_pending_uploads: 1000,
+            max_threaded_uploads: 32,
         }
     }
 }
@@ -165,6 +171,8 @@ struct Inner {
     /// Uploads begun and not yet finished or dropped; they count against `max_pending_uploads`
     /// together with the finished ones waiting for `addver`.
     open_uploads: AtomicUsize,
+    /// Uploads holding their own threads, up to `max_threaded_uploads`.
+    threaded_uploads: AtomicUsize,
     /// Holds the `flock` on `registry.lock` for the store's life.
     _lock: File,
 }
@@ -204,6 +212,7 @@ impl Store {
                 options,
                 conn: Mutex::new(conn),
                 open_uploads: AtomicUsize::new(0),
+                threaded_uploads: AtomicUsize::new(0),
                 _lock: lock,
             }),
         })

@@ -10,7 +10,9 @@
 //! and the caller (the SFTP loop) only queues. The disk thread writes with `O_DIRECT` in
 //! aligned chunks: the page cache would cost a copy, its own bookkeeping and a writeback before
 //! the fsync, which measured as the largest server-side cost of an upload after the cipher and
-//! the hash. Where `O_DIRECT` is not available it writes through the page cache.
+//! the hash. Where `O_DIRECT` is not available it writes through the page cache. Threads are
+//! limited (`Options::max_threaded_uploads`): past the limit an upload is written inline, from
+//! the blocking pool, and hashed at CLOSE.
 //!
 //! Registration happens only after the file is fsynced, so a registered upload is always whole.
 //! Uploads are registered in the DB and so survive a restart (spec B4) until they expire.
@@ -59,6 +61,10 @@ pub struct Upload {
     disk: Option<disk::Disk>,
     /// Whether the disk thread may try `O_DIRECT` (tests turn it off to cover the fallback).
     direct_io: bool,
+    /// How the upload is written, chosen at its first write.
+    mode: Mode,
+    /// Bytes written inline (`Mode::Inline`).
+    inline_bytes: u64,
     /// Cleared by `finish`, so that `Drop` does not count the upload out twice.
     counted: bool,
     /// Set once the upload is registered: from then on the file is the registry's.
@@ -74,6 +80,12 @@ impl Upload {
     // The server writes through `write_bytes`; this is for synchronous callers (tests, tools).
     #[cfg_attr(not(test), allow(dead_code))]
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        if self.inline() {
+            self.accept(offset, data.len())?;
+            write_inline(&self.file, offset, data)?;
+            self.inline_bytes += data.len() as u64;
+            return Ok(());
+        }
         let sequential = self.accept(offset, data.len())?;
         let chunk = Bytes::copy_from_slice(data);
         if let (true, Some(hasher)) = (sequential, &self.hasher) {
@@ -85,6 +97,15 @@ impl Upload {
     /// [`Upload::write_at`] for async callers: hashing and writing happen on the upload's own
     /// threads, in parallel; this waits only when one of them has a full queue.
     pub async fn write_bytes(&mut self, offset: u64, data: Bytes) -> Result<()> {
+        if self.inline() {
+            self.accept(offset, data.len())?;
+            let (file, len) = (Arc::clone(&self.file), data.len() as u64);
+            tokio::task::spawn_blocking(move || write_inline(&file, offset, &data))
+                .await
+                .map_err(|e| super::internal(anyhow::Error::new(e).context("upload write")))??;
+            self.inline_bytes += len;
+            return Ok(());
+        }
         let sequential = self.accept(offset, data.len())?;
         if let (true, Some(hasher)) = (sequential, &self.hasher) {
             hasher.send(data.clone()).await?;
@@ -106,7 +127,7 @@ impl Upload {
         if len == 0 {
             return Ok(false);
         }
-        if self.in_order && offset == self.hashed {
+        if self.in_order && offset == self.hashed && !matches!(self.mode, Mode::Inline) {
             if self.hasher.is_none() {
                 self.hasher = hash::Hasher::start();
             }
@@ -119,6 +140,21 @@ impl Upload {
         self.in_order = false;
         self.hasher = None;
         Ok(false)
+    }
+
+    /// Whether the upload is written inline; chosen at the first write: threads of its own
+    /// if a slot is free, else inline (see `Options::max_threaded_uploads`).
+    fn inline(&mut self) -> bool {
+        if matches!(self.mode, Mode::Unchosen) {
+            self.mode = match ThreadSlot::take(&self.inner) {
+                Some(slot) => Mode::Threaded { _slot: slot },
+                None => {
+                    tracing::info!(upload = %self.name, "thread limit reached: written inline, hashed at close");
+                    Mode::Inline
+                }
+            };
+        }
+        matches!(self.mode, Mode::Inline)
     }
 
     fn disk(&mut self) -> &mut disk::Disk {
@@ -145,7 +181,10 @@ impl Upload {
         // Everything queued reaches the file (the unaligned tail through the page cache).
         let written = match self.disk.take() {
             Some(disk) => disk.close()?,
-            None => Written::default(),
+            None => Written {
+                direct: 0,
+                buffered: self.inline_bytes,
+            },
         };
         let (digest, size) = if self.in_order && self.hashed == self.size {
             let digest = match self.hasher.take() {
@@ -216,6 +255,45 @@ impl Upload {
             self.inner.open_uploads.fetch_sub(1, Ordering::Relaxed);
         }
     }
+}
+
+/// How an upload's bytes are handled.
+enum Mode {
+    Unchosen,
+    /// Hashing and disk threads of its own, holding one of the limited slots.
+    Threaded {
+        _slot: ThreadSlot,
+    },
+    /// Each write from the blocking pool, in turn; hashed by re-reading at `finish`.
+    Inline,
+}
+
+/// One of `max_threaded_uploads` slots, given back when dropped.
+struct ThreadSlot(Arc<Inner>);
+
+impl ThreadSlot {
+    fn take(inner: &Arc<Inner>) -> Option<ThreadSlot> {
+        let max = inner.options.max_threaded_uploads;
+        let taken = inner
+            .threaded_uploads
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        taken.ok().map(|_| ThreadSlot(Arc::clone(inner)))
+    }
+}
+
+impl Drop for ThreadSlot {
+    fn drop(&mut self) {
+        self.0.threaded_uploads.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One write of an inline upload, through the page cache (`finish` fsyncs).
+fn write_inline(file: &File, offset: u64, data: &[u8]) -> Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    file.write_all_at(data, offset)
+        .ctx(|| format!("writing an upload at offset {offset}"))
 }
 
 impl Drop for Upload {
@@ -291,6 +369,8 @@ impl Store {
                 size: 0,
                 disk: None,
                 direct_io: true,
+                mode: Mode::Unchosen,
+                inline_bytes: 0,
                 counted: true,
                 registered: false,
             }),
@@ -438,6 +518,71 @@ mod tests {
 
     fn data() -> Vec<u8> {
         (0..(9u32 << 20) + 4321).map(|i| (i % 241) as u8).collect()
+    }
+
+    /// Past `max_threaded_uploads`, an upload gets no threads: same file, same hash, and the
+    /// slot of a finished upload is free for the next one.
+    #[test]
+    fn past_the_thread_limit_uploads_are_written_inline_and_the_same() {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = Options {
+            max_threaded_uploads: 1,
+            ..Options::default()
+        };
+        let store = Store::open(tmp.path(), options).unwrap();
+        let data = data();
+        let mut a = store.begin_upload().unwrap();
+        let mut b = store.begin_upload().unwrap();
+        for (i, chunk) in data.chunks(261_120).enumerate() {
+            a.write_at((i * 261_120) as u64, chunk).unwrap();
+            b.write_at((i * 261_120) as u64, chunk).unwrap();
+        }
+        assert!(matches!(a.mode, Mode::Threaded { .. }));
+        assert!(matches!(b.mode, Mode::Inline));
+        assert_eq!(store.inner.threaded_uploads.load(Ordering::Acquire), 1);
+        let want = hex::encode(Sha256::digest(&data));
+        let (da, _, _) = a.finish_counted().unwrap();
+        let (db, size, written) = b.finish_counted().unwrap();
+        assert_eq!(
+            (hex::encode(da.0), hex::encode(db.0)),
+            (want.clone(), want.clone())
+        );
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(written.buffered, data.len() as u64);
+        let stored = std::fs::read(store.pending_upload(&want).unwrap()).unwrap();
+        assert_eq!(stored, data);
+        assert_eq!(store.inner.threaded_uploads.load(Ordering::Acquire), 0);
+        let mut c = store.begin_upload().unwrap();
+        c.write_at(0, b"x").unwrap();
+        assert!(
+            matches!(c.mode, Mode::Threaded { .. }),
+            "a's slot came back"
+        );
+    }
+
+    /// The async path of an inline upload (writes from the blocking pool).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_inline_upload_written_from_async_code() {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = Options {
+            max_threaded_uploads: 0,
+            ..Options::default()
+        };
+        let store = Store::open(tmp.path(), options).unwrap();
+        let data = data();
+        let mut up = store.begin_upload().unwrap();
+        for (i, chunk) in data.chunks(261_120).enumerate() {
+            up.write_bytes((i * 261_120) as u64, Bytes::copy_from_slice(chunk))
+                .await
+                .unwrap();
+        }
+        assert!(matches!(up.mode, Mode::Inline));
+        let (digest, size) = tokio::task::spawn_blocking(move || up.finish())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(hex::encode(digest.0), hex::encode(Sha256::digest(&data)));
+        assert_eq!(size, data.len() as u64);
     }
 
     /// The path taken where `O_DIRECT` is refused at open (tmpfs before Linux 6.6): same
