@@ -18,6 +18,10 @@ pub struct Options {
     pub deadline: Option<Duration>,
     pub maxconn: usize,
     pub maxupload: u64,
+    /// History entries kept per configuration; 0 keeps all.
+    pub maxhist: usize,
+    /// Audit records kept; 0 keeps all.
+    pub maxaudit: usize,
     pub shutdown_timeout: Duration,
     pub log_json: bool,
     pub fsck: bool,
@@ -85,6 +89,16 @@ pub fn flag_set() -> FlagSet {
                 usage: "max.size of one uploaded file, bytes",
             },
             Flag {
+                name: "maxhist",
+                kind: Kind::Int { default: 20 },
+                usage: "max.number of saved states kept per configuration (history, rollback); 0 keeps all",
+            },
+            Flag {
+                name: "maxaudit",
+                kind: Kind::Int { default: 100_000 },
+                usage: "max.number of audit records kept; 0 keeps all",
+            },
+            Flag {
                 name: "shutdown-timeout",
                 kind: Kind::Duration {
                     default: Duration::from_secs(30),
@@ -144,6 +158,16 @@ pub fn parse(args: &[String]) -> Result<Options, Exit> {
     };
     let maxconn = usize::try_from(positive("maxconn")?).unwrap_or(usize::MAX);
     let maxupload = positive("maxupload")?;
+    let non_negative = |name: &str| -> Result<usize, Exit> {
+        let v = parsed.int(&set, name);
+        usize::try_from(v).map_err(|_| {
+            usage_error(format!(
+                "invalid value \"{v}\" for flag -{name}: must not be negative"
+            ))
+        })
+    };
+    let maxhist = non_negative("maxhist")?;
+    let maxaudit = non_negative("maxaudit")?;
     let shutdown_timeout = match parsed.duration(&set, "shutdown-timeout") {
         GoDuration::Positive(d) => d,
         GoDuration::NonPositive => Duration::ZERO,
@@ -161,6 +185,8 @@ pub fn parse(args: &[String]) -> Result<Options, Exit> {
         deadline,
         maxconn,
         maxupload,
+        maxhist,
+        maxaudit,
         shutdown_timeout,
         log_json,
         fsck: parsed.bool("fsck"),
@@ -192,6 +218,7 @@ mod tests {
         assert_eq!(o.deadline, Some(Duration::from_secs(1800)));
         assert_eq!(o.maxconn, 256);
         assert_eq!(o.maxupload, 64 << 30);
+        assert_eq!((o.maxhist, o.maxaudit), (20, 100_000));
         assert_eq!(o.shutdown_timeout, Duration::from_secs(30));
         assert!(!o.log_json && !o.fsck);
     }
@@ -255,5 +282,14 @@ mod tests {
             parse(&args("stray")),
             Err(Exit::Usage { status: 2, .. })
         ));
+        let Err(Exit::Usage { text, status: 2 }) = parse(&args("-maxhist -1")) else {
+            panic!("a negative -maxhist must be refused");
+        };
+        assert!(
+            text.starts_with("invalid value \"-1\" for flag -maxhist: must not be negative\n"),
+            "{text}"
+        );
+        let o = parse(&args("-maxhist 0 -maxaudit=5")).unwrap();
+        assert_eq!((o.maxhist, o.maxaudit), (0, 5));
     }
 }

@@ -73,6 +73,8 @@ fn init_logging(json: bool) {
 async fn run(options: cli::Options) -> anyhow::Result<ExitCode> {
     let store_options = store::Options {
         max_upload_bytes: options.maxupload,
+        max_history: options.maxhist,
+        max_audit: options.maxaudit,
         ..store::Options::default()
     };
     if options.fsck {

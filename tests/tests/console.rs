@@ -770,13 +770,7 @@ fn usage_blocks_of_every_command() {
 /// A successful rollback says what it restored (the configuration hash).
 #[track_caller]
 fn rolls_back(reg: &Registry, cmd: &str) {
-    let out = reg.ssh(cmd);
-    out.assert_code(0);
-    assert!(
-        out.stdout_str()
-            .starts_with("rolled back configuration \"project1\" to "),
-        "{out}"
-    );
+    rolls_back_named(reg, "project1", cmd);
 }
 
 #[test]
@@ -856,6 +850,55 @@ fn history_and_rollback() {
     assert!(
         text.lines().next().unwrap_or_default().contains("rollback"),
         "{text}"
+    );
+}
+
+/// `-maxhist 2`: only the two newest saves are kept, an older one cannot be rolled back to,
+/// and `-maxver` may then prune a version that only the dropped saves named.
+#[test]
+fn history_is_bounded_by_maxhist() {
+    let reg = Registry::start_with(&["-maxhist", "2"]);
+    for v in ["v01", "v02", "v03"] {
+        add_version(&reg, "code", v, &tar_gz(&[("bin/app", v.as_bytes())]));
+    }
+    reg.ssh("addconf -name web -layer code:v01").assert_ok();
+    reg.ssh("changeconf -name web -component code -version v02")
+        .assert_ok();
+    reg.ssh("changeconf -name web -component code -version v03")
+        .assert_ok();
+    let text = reg.ssh("history -name web").assert_ok().stdout_str();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].starts_with("3*") && lines[0].contains("code@v03"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("2 ") && lines[1].contains("code@v02"),
+        "{text}"
+    );
+    fails(
+        &reg,
+        "rollback -name web -to 1",
+        "no history entry 1 for configuration \"web\"\n",
+    );
+    rolls_back_named(&reg, "web", "rollback -name web");
+    let shown = reg.ssh("showconf -name web").stdout_str();
+    assert_eq!(
+        shown.split_whitespace().take(2).collect::<Vec<_>>(),
+        ["code", "v02"],
+        "{shown}"
+    );
+}
+
+#[track_caller]
+fn rolls_back_named(reg: &Registry, name: &str, cmd: &str) {
+    let out = reg.ssh(cmd);
+    out.assert_code(0);
+    assert!(
+        out.stdout_str()
+            .starts_with(&format!("rolled back configuration \"{name}\" to ")),
+        "{out}"
     );
 }
 

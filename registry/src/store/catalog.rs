@@ -82,12 +82,14 @@ fn require_config(tx: &rusqlite::Connection, name: &str) -> Result<Configuration
     load_config(tx, name)?.ok_or_else(|| StoreError::ConfigNotFound(name.to_string()))
 }
 
-/// Saves `config` as the current state and appends it to the history.
+/// Saves `config` as the current state and appends it to the history, which keeps its newest
+/// `keep_history` entries (all with 0).
 pub(super) fn save_config(
     tx: &rusqlite::Connection,
     config: &Configuration,
     user: &str,
     command: &str,
+    keep_history: usize,
 ) -> Result<()> {
     let json = config.to_json();
     let (s, _) = split_time(config.mtime);
@@ -105,9 +107,13 @@ pub(super) fn save_config(
         command,
         json.as_bytes(),
         &config.hash,
+        keep_history,
     )
 }
 
+/// Appends a history entry of `name`, then drops all but its newest `keep` (none with 0):
+/// versions named only by dropped entries become prunable by `-maxver`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn append_history(
     tx: &rusqlite::Connection,
     name: &str,
@@ -116,6 +122,7 @@ pub(super) fn append_history(
     command: &str,
     json: &[u8],
     hash: &str,
+    keep: usize,
 ) -> Result<()> {
     let (s, ns) = split_time(saved);
     tx.execute(
@@ -124,6 +131,14 @@ pub(super) fn append_history(
         params![name, s, ns, user, command, json, hash],
     )
     .ctx(|| format!("appending history of {name:?}"))?;
+    if keep > 0 {
+        tx.execute(
+            "DELETE FROM history WHERE config = ?1
+             AND seq <= (SELECT max(seq) FROM history WHERE config = ?1) - ?2",
+            params![name, i64::try_from(keep).unwrap_or(i64::MAX)],
+        )
+        .ctx(|| format!("trimming history of {name:?}"))?;
+    }
     Ok(())
 }
 
@@ -280,7 +295,13 @@ impl Store {
             ));
         }
         let config = Configuration::new(name.to_string(), common::timefmt::now(), resolved);
-        save_config(&tx, &config, &actor.user, "addconf")?;
+        save_config(
+            &tx,
+            &config,
+            &actor.user,
+            "addconf",
+            self.inner.options.max_history,
+        )?;
         commit(tx)
     }
 
@@ -298,7 +319,13 @@ impl Store {
         let config = require_config(&tx, name)?;
         let layers = replace_layer(&config, component, version, &row)?;
         let config = Configuration::new(name.to_string(), common::timefmt::now(), layers);
-        save_config(&tx, &config, &actor.user, "changeconf")?;
+        save_config(
+            &tx,
+            &config,
+            &actor.user,
+            "changeconf",
+            self.inner.options.max_history,
+        )?;
         commit(tx)
     }
 
@@ -347,7 +374,13 @@ impl Store {
             .map(|l| l.version.clone());
         let layers = replace_layer(&config, component, &version, &row)?;
         let config = Configuration::new(name.to_string(), common::timefmt::now(), layers);
-        save_config(&tx, &config, &actor.user, "bumpconf")?;
+        save_config(
+            &tx,
+            &config,
+            &actor.user,
+            "bumpconf",
+            self.inner.options.max_history,
+        )?;
         commit(tx)?;
         Ok(previous.filter(|p| *p != version))
     }
@@ -520,30 +553,44 @@ impl Store {
             })
             .collect();
         let config = Configuration::new(name.to_string(), common::timefmt::now(), layers);
-        save_config(&tx, &config, &actor.user, "rollback")?;
+        save_config(
+            &tx,
+            &config,
+            &actor.user,
+            "rollback",
+            self.inner.options.max_history,
+        )?;
         commit(tx)?;
         tracing::info!(user = %actor.user, name, seq = target.seq, "configuration rolled back");
         Ok(config)
     }
 
-    /// Appends an audit record.
+    /// Appends an audit record, then drops all but the newest `max_audit` (none with 0).
     pub fn record_audit(&self, row: &AuditRow) -> Result<()> {
         let (s, ns) = split_time(row.time);
-        self.conn()
-            .execute(
-                "INSERT INTO audit (time_s, time_ns, user, fingerprint, addr, command, result)
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO audit (time_s, time_ns, user, fingerprint, addr, command, result)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    s,
-                    ns,
-                    row.user,
-                    row.key_fingerprint,
-                    row.remote_addr,
-                    row.command,
-                    row.result
-                ],
+            params![
+                s,
+                ns,
+                row.user,
+                row.key_fingerprint,
+                row.remote_addr,
+                row.command,
+                row.result
+            ],
+        )
+        .ctx(|| "recording audit".into())?;
+        let keep = self.inner.options.max_audit;
+        if keep > 0 {
+            conn.execute(
+                "DELETE FROM audit WHERE id <= (SELECT max(id) FROM audit) - ?1",
+                [i64::try_from(keep).unwrap_or(i64::MAX)],
             )
-            .ctx(|| "recording audit".into())?;
+            .ctx(|| "trimming audit".into())?;
+        }
         Ok(())
     }
 

@@ -248,6 +248,8 @@ fn write(conn: &mut Connection, imported: &Imported, files: &Path) -> anyhow::Re
                 IMPORT_COMMAND,
                 json,
                 &hash,
+                // Everything the old registry kept; the next save trims to `-maxhist`.
+                0,
             )
             .map_err(|e| anyhow!("history of {name:?}: {e}"))?;
             report.history_entries += 1;

@@ -75,6 +75,11 @@ pub struct Options {
     /// blocking pool one write at a time and hashed at CLOSE: slower, but a client opening
     /// hundreds of uploads cannot make us start thousands of threads.
     pub max_threaded_uploads: usize,
+    /// History entries kept per configuration (`-maxhist`; 0 keeps all). Versions named only
+    /// by dropped entries become prunable.
+    pub max_history: usize,
+    /// Audit records kept (`-maxaudit`; 0 keeps all).
+    pub max_audit: usize,
 }
 
 impl Default for Options {
@@ -84,6 +89,8 @@ impl Default for Options {
             max_upload_bytes: 64 << 30,
             max_pending_uploads: 1000,
             max_threaded_uploads: 32,
+            max_history: 20,
+            max_audit: 100_000,
         }
     }
 }

@@ -1004,3 +1004,59 @@ fn gc_racing_add_version_never_loses_a_referenced_blob() {
     gc.join().unwrap();
     println!("GC won {reuploads} of 200 races");
 }
+
+#[test]
+fn history_and_audit_keep_their_newest_and_pruning_reaches_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = Options {
+        max_history: 2,
+        max_audit: 3,
+        ..Options::default()
+    };
+    let store = Store::open(tmp.path(), options).unwrap();
+    let a = actor("op");
+    with_versions(
+        &store,
+        "c",
+        &[("v1", b"1"), ("v2", b"2"), ("v3", b"3"), ("v4", b"4")],
+    );
+    store.add_conf("p", &layers(&[("c", "v1")]), &a).unwrap();
+    for v in ["v2", "v3", "v4"] {
+        store.change_conf("p", "c", v, &a).unwrap();
+    }
+    let seqs: Vec<u64> = store.history("p").unwrap().iter().map(|h| h.seq).collect();
+    assert_eq!(seqs, [4, 3], "the two newest saves, newest first");
+    // v1 and v2 were named only by the dropped entries: -maxver may now remove them.
+    assert_eq!(store.prune_versions(1).unwrap(), 2);
+    let left: Vec<String> = store
+        .show_comp("c")
+        .unwrap()
+        .into_iter()
+        .map(|v| v.1)
+        .collect();
+    assert_eq!(left, ["v3", "v4"]);
+    assert!(matches!(
+        store.rollback("p", Some(1), &a),
+        Err(StoreError::History(_))
+    ));
+    store.rollback("p", Some(3), &a).unwrap();
+    for i in 0..5 {
+        store
+            .record_audit(&AuditRow {
+                time: OffsetDateTime::from_unix_timestamp(1_700_000_000 + i).unwrap(),
+                user: format!("u{i}"),
+                key_fingerprint: "SHA256:abc".into(),
+                remote_addr: "[::1]:22".into(),
+                command: "components".into(),
+                result: "ok".into(),
+            })
+            .unwrap();
+    }
+    let users: Vec<String> = store
+        .audit(100)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.user)
+        .collect();
+    assert_eq!(users, ["u2", "u3", "u4"]);
+}
