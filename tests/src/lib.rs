@@ -835,6 +835,28 @@ impl Registry {
     pub fn work_dir(&self) -> &Path {
         self.work.path()
     }
+
+    /// `deployctl ARGS...` against this registry as the operator (`-addr -fp -key` given, no
+    /// agent, no environment that could point it elsewhere; `HOME` is the work dir).
+    pub fn deployctl(&self, args: &[&str]) -> Out {
+        let mut c = Command::new(bin("deployctl"));
+        c.env("USER", "op")
+            .env("HOME", self.work_dir())
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("DEPLOYCTL_ADDR")
+            .env_remove("DEPLOYCTL_FINGERPRINT")
+            .env_remove("DOCKER_USERNAME")
+            .env_remove("DOCKER_PASSWORD")
+            .env_remove("DOCKER_CONFIG")
+            .arg("-addr")
+            .arg(self.addr())
+            .arg("-fp")
+            .arg(self.fingerprint())
+            .arg("-key")
+            .arg(&self.keys.operator)
+            .args(args);
+        run(&mut c, None)
+    }
 }
 
 impl Drop for Registry {

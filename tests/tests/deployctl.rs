@@ -23,15 +23,7 @@ fn ctl_env(home: &Path) -> Command {
 
 /// `deployctl -addr <reg> -fp <fp> -key <operator key> ARGS...`.
 fn ctl(reg: &Registry, args: &[&str]) -> Out {
-    let mut c = ctl_env(reg.work_dir());
-    c.arg("-addr")
-        .arg(reg.addr())
-        .arg("-fp")
-        .arg(reg.fingerprint())
-        .arg("-key")
-        .arg(&reg.keys.operator)
-        .args(args);
-    run(&mut c, None)
+    reg.deployctl(args)
 }
 
 #[track_caller]

@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use e2e::tmpfs::Tmpfs;
-use e2e::{Keys, Registry, add_version, bin, noise, run, sha256_hex, tar_gz, upload};
+use e2e::{Keys, Registry, add_version, noise, sha256_hex, tar_gz, upload};
 
 /// The registry's data dir, the uploads it holds and the state a client sees, for comparing
 /// before and after a failure.
@@ -111,20 +111,10 @@ fn full_disk_fails_clearly_loses_nothing_and_recovers() {
         tar_gz(&[("blob", &noise(free_before as usize + (4 << 20), 2))]),
     )
     .unwrap();
-    let mut ctl = std::process::Command::new(bin("deployctl"));
-    ctl.env("HOME", reg.work_dir())
-        .env_remove("SSH_AUTH_SOCK")
-        .env_remove("DEPLOYCTL_ADDR")
-        .env_remove("DEPLOYCTL_FINGERPRINT")
-        .arg("-addr")
-        .arg(reg.addr())
-        .arg("-fp")
-        .arg(reg.fingerprint())
-        .arg("-key")
-        .arg(&reg.keys.operator)
-        .args(["addver", "-name", "code", "-version", "v02", "-file"])
-        .arg(&archive);
-    let out = run(&mut ctl, None);
+    let archive = archive.to_string_lossy();
+    let out = reg.deployctl(&[
+        "addver", "-name", "code", "-version", "v02", "-file", &archive,
+    ]);
     assert!(!out.ok(), "{out}");
     assert!(
         out.stderr_str().contains("the registry's disk is full"),

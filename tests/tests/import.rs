@@ -6,26 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use e2e::{Out, Registry, bin, free_port, run, run_with_timeout, sha256_hex, tar_gz};
+use e2e::{Out, Registry, bin, free_port, run_with_timeout, sha256_hex, tar_gz};
 
 fn ctl(reg: &Registry, args: &[&str]) -> Out {
-    let mut c = Command::new(bin("deployctl"));
-    c.env("USER", "op")
-        .env("HOME", reg.work_dir())
-        .env_remove("SSH_AUTH_SOCK")
-        .env_remove("DEPLOYCTL_ADDR")
-        .env_remove("DEPLOYCTL_FINGERPRINT")
-        .env_remove("DOCKER_USERNAME")
-        .env_remove("DOCKER_PASSWORD")
-        .env_remove("DOCKER_CONFIG")
-        .arg("-addr")
-        .arg(reg.addr())
-        .arg("-fp")
-        .arg(reg.fingerprint())
-        .arg("-key")
-        .arg(&reg.keys.operator)
-        .args(args);
-    run(&mut c, None)
+    reg.deployctl(args)
 }
 
 fn sh(cmd: &mut Command) -> Vec<u8> {
