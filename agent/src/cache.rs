@@ -140,22 +140,45 @@ impl Cache {
 
     /// [`Cache::fetch`], also passing every byte of the blob (a resumed prefix included) to
     /// `tap` as it arrives, and telling it when the whole blob has verified.
+    ///
+    /// On a full disk the partial download is removed rather than kept for resuming: kept, it
+    /// would hold the disk full for whatever else lives there (the running release, its logs)
+    /// until the next attempt, which would fail the same way unless space was made.
     pub async fn fetch_into<S: LayerSource>(
         &self,
         source: &S,
         hash: &str,
-        mut tap: Option<StreamWriter>,
+        tap: Option<StreamWriter>,
     ) -> Result<Option<Fetched>, CacheError> {
         if self.contains(hash) {
             return Ok(None);
         }
+        let partial = self.dir.join(format!("{hash}{PARTIAL_SUFFIX}"));
+        let res = self.download(source, hash, &partial, tap).await;
+        if let Err(CacheError::DiskFull { .. }) = &res {
+            match tokio::fs::remove_file(&partial).await {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %partial.display(), error = %e, "cannot remove partial download");
+                }
+                _ => {}
+            }
+        }
+        res
+    }
+
+    async fn download<S: LayerSource>(
+        &self,
+        source: &S,
+        hash: &str,
+        partial: &Path,
+        mut tap: Option<StreamWriter>,
+    ) -> Result<Option<Fetched>, CacheError> {
         create_dir(&self.dir)?;
         let final_path = self.path(hash);
-        let partial = self.dir.join(format!("{hash}{PARTIAL_SUFFIX}"));
 
         // Resume: the prefix must go through the hasher too, so the digest covers the file.
         let mut hasher = Hasher::new();
-        let mut offset = match tokio::fs::File::open(&partial).await {
+        let mut offset = match tokio::fs::File::open(partial).await {
             Ok(mut f) => {
                 let mut buf = vec![0u8; CHUNK];
                 let mut n_total = 0u64;
@@ -163,7 +186,7 @@ impl Cache {
                     let n = f
                         .read(&mut buf)
                         .await
-                        .map_err(io_err("cannot read", &partial))?;
+                        .map_err(io_err("cannot read", partial))?;
                     if n == 0 {
                         break;
                     }
@@ -176,16 +199,16 @@ impl Cache {
                 n_total
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(io_err("cannot open", &partial)(e)),
+            Err(e) => return Err(io_err("cannot open", partial)(e)),
         };
         let resumed_from = offset;
         let mut out = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
-            .open(&partial)
+            .open(partial)
             .await
-            .map_err(io_err("cannot create", &partial))?;
+            .map_err(io_err("cannot create", partial))?;
 
         let mut reader =
             match tokio::time::timeout(self.io_timeout, source.open_blob(hash, offset)).await {
@@ -221,20 +244,18 @@ impl Cache {
             }
             out.write_all(&buf[..n])
                 .await
-                .map_err(io_err("cannot write", &partial))?;
+                .map_err(io_err("cannot write", partial))?;
             hasher.update(&buf[..n]);
             if let Some(t) = &mut tap {
                 t.send(&buf[..n]).await;
             }
             offset += n as u64;
         }
-        out.flush()
-            .await
-            .map_err(io_err("cannot write", &partial))?;
+        out.flush().await.map_err(io_err("cannot write", partial))?;
         let actual = hasher.finish().to_hex();
         if actual != hash {
             drop(out);
-            let _ = tokio::fs::remove_file(&partial).await;
+            let _ = tokio::fs::remove_file(partial).await;
             return Err(CacheError::HashMismatch {
                 hash: hash.into(),
                 actual,
@@ -251,11 +272,11 @@ impl Cache {
         };
         out.sync_data()
             .await
-            .map_err(io_err("cannot sync", &partial))?;
+            .map_err(io_err("cannot sync", partial))?;
         drop(out);
-        tokio::fs::rename(&partial, &final_path)
+        tokio::fs::rename(partial, &final_path)
             .await
-            .map_err(io_err("cannot rename", &partial))?;
+            .map_err(io_err("cannot rename", partial))?;
         sync_dir(&self.dir)?;
         if let Some(t) = tap {
             t.verified().await;

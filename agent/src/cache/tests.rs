@@ -238,3 +238,28 @@ fn clean_keeps_current_and_pending_layers() {
     left.sort();
     assert_eq!(left, vec!["current", "fresh", "pending", "pending.partial"]);
 }
+
+/// A real full disk (a 256 KiB tmpfs; root only, skipped elsewhere outside CI): the download
+/// fails as `DiskFull` and its partial file is gone, so the space is free again.
+#[tokio::test]
+async fn disk_full_removes_the_partial_download() {
+    let Some(fs) = e2e::tmpfs::Tmpfs::mount(256) else {
+        return;
+    };
+    let c = Cache::new(fs.join("cache"), Duration::from_secs(5));
+    let blob: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+    let (src, names) = MemSource::with(&[&blob]);
+    let free = fs.free_bytes();
+    match c.fetch(&src, &names[0]).await {
+        Err(e @ CacheError::DiskFull { .. }) => {
+            assert!(e.to_string().starts_with("disk full while writing"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_dir(c.dir()).unwrap().count(),
+        0,
+        "partial left behind"
+    );
+    assert!(fs.free_bytes() >= free, "{} < {free}", fs.free_bytes());
+}
