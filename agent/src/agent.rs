@@ -22,11 +22,13 @@ use crate::{activate, script, unpack};
 pub enum Outcome {
     UpToDate,
     Deployed(String),
-    /// The script failed for this configuration recently; waiting for the backoff.
+    /// The deploy of this configuration failed recently after its tree was built (script or
+    /// state file); waiting for the backoff.
     Backoff,
 }
 
-/// A script that keeps failing is retried with exponential backoff, not every poll (B17).
+/// A deploy that keeps failing at its script (or its state file) is retried with exponential
+/// backoff, not every poll (B17).
 struct ScriptBackoff {
     hash: String,
     attempts: u32,
@@ -156,14 +158,19 @@ impl Agent {
             };
             if let Err(e) = script::run(&inv, &self.cancel).await {
                 if !self.cancel.is_cancelled() {
-                    self.note_script_failure(&remote.hash);
+                    self.note_failure(&remote.hash, "deploy script failed");
                 }
                 return Err(e.into());
             }
         }
+        // Not saved (a full disk), the deploy is retried, script included: with the script's
+        // backoff, not every poll.
+        if let Err(e) = state::save(&self.opts.state, &remote) {
+            self.note_failure(&remote.hash, "state file not saved");
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot save state file {:?}", self.opts.state)));
+        }
         self.backoff = None;
-        state::save(&self.opts.state, &remote)
-            .with_context(|| format!("cannot save state file {:?}", self.opts.state))?;
         self.corrupt_reported = None;
         activate::switch_current(&self.opts.dir, &remote.hash).context("cannot switch current")?;
         if self.opts.verbose {
@@ -177,7 +184,9 @@ impl Agent {
         Ok(Outcome::Deployed(remote.hash))
     }
 
-    fn note_script_failure(&mut self, hash: &str) {
+    /// A deploy that failed after its tree was built (`what` says where) is retried with
+    /// exponential backoff, not every poll: each retry runs the script again (B17).
+    fn note_failure(&mut self, hash: &str, what: &str) {
         let attempts = match &self.backoff {
             Some(b) if b.hash == hash => b.attempts + 1,
             _ => 1,
@@ -187,9 +196,9 @@ impl Agent {
             .saturating_mul(1 << (attempts - 1).min(10))
             .min(Duration::from_secs(1800));
         tracing::warn!(
-            config = hash,
+            config = %hash,
             attempts,
-            "deploy script failed, next attempt in {}",
+            "{what}, next attempt in {}",
             common::goflag::format_duration(delay)
         );
         self.backoff = Some(ScriptBackoff {
