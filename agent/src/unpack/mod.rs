@@ -168,6 +168,21 @@ pub fn build_tree_from(
     }
     let unpacked_fd = open_dir(unpacked).map_err(io_err("cannot open", unpacked))?;
     remove_stale_partials(unpacked);
+    let final_path = unpacked.join(id);
+    let ok_path = unpacked.join(format!("{id}.ok"));
+    // A marker without its tree, or a tree without its marker, is the remains of a crash;
+    // removed before building, so that on a nearly full disk it does not take the room the
+    // new tree needs.
+    match std::fs::remove_file(&ok_path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(io_err("cannot remove", &ok_path)(e));
+        }
+        _ => {}
+    }
+    if std::fs::symlink_metadata(&final_path).is_ok() {
+        tracing::warn!(path = %final_path.display(), "removing incomplete unpacked tree (no .ok marker)");
+        remove_tree(&final_path).map_err(io_err("cannot remove", &final_path))?;
+    }
 
     let staging = Staging::create(unpacked, id)?;
     let root = open_dir(&staging.path).map_err(io_err("cannot open", &staging.path))?;
@@ -213,32 +228,32 @@ pub fn build_tree_from(
         path: staging.path.clone(),
         source: e.into(),
     })?;
-    let final_path = unpacked.join(id);
-    let ok_path = unpacked.join(format!("{id}.ok"));
-    // A marker without its tree, or a tree without its marker, is the remains of a crash.
-    match std::fs::remove_file(&ok_path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(io_err("cannot remove", &ok_path)(e));
-        }
-        _ => {}
-    }
-    if std::fs::symlink_metadata(&final_path).is_ok() {
-        tracing::warn!(path = %final_path.display(), "removing incomplete unpacked tree (no .ok marker)");
-        remove_tree(&final_path).map_err(io_err("cannot remove", &final_path))?;
-    }
     std::fs::rename(&staging.path, &final_path).map_err(io_err("cannot rename", &staging.path))?;
     staging.disarm();
-    rustix::fs::fsync(&unpacked_fd).map_err(|e| io_err("cannot sync", unpacked)(e.into()))?;
+    // Unmarked, the tree is never used: when the marker cannot be made durable (a full disk),
+    // the tree goes too instead of holding the space until the next attempt.
+    if let Err(e) = mark_built(&unpacked_fd, unpacked, &ok_path) {
+        let _ = std::fs::remove_file(&ok_path);
+        if let Err(r) = remove_tree(&final_path) {
+            tracing::warn!(path = %final_path.display(), error = %r, "cannot remove unmarked tree");
+        }
+        return Err(e);
+    }
+    Ok(Outcome::Built)
+}
+
+/// Writes the `.ok` marker of a tree just renamed into `unpacked/`, both durably.
+fn mark_built(unpacked_fd: &OwnedFd, unpacked: &Path, ok_path: &Path) -> Result<(), UnpackError> {
+    rustix::fs::fsync(unpacked_fd).map_err(|e| io_err("cannot sync", unpacked)(e.into()))?;
     let marker = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o640)
-        .open(&ok_path)
-        .map_err(io_err("cannot create", &ok_path))?;
-    marker.sync_all().map_err(io_err("cannot sync", &ok_path))?;
-    rustix::fs::fsync(&unpacked_fd).map_err(|e| io_err("cannot sync", unpacked)(e.into()))?;
-    Ok(Outcome::Built)
+        .open(ok_path)
+        .map_err(io_err("cannot create", ok_path))?;
+    marker.sync_all().map_err(io_err("cannot sync", ok_path))?;
+    rustix::fs::fsync(unpacked_fd).map_err(|e| io_err("cannot sync", unpacked)(e.into()))
 }
 
 fn layer_error(index: usize, hash: &str, f: LayerFailure) -> UnpackError {

@@ -741,3 +741,87 @@ fn removed_directory_forgets_its_recorded_mode() {
     // A sibling that merely shares the prefix keeps its mode.
     assert_eq!(mode_of(&f.tree().join("xz")), 0o700);
 }
+
+/// Inodes in use on the filesystem holding `path`.
+fn inodes_used(path: &Path) -> u64 {
+    let st = rustix::fs::statvfs(path).unwrap();
+    st.f_files - st.f_ffree
+}
+
+fn limit_inodes(fs: &e2e::tmpfs::Tmpfs, n: u64) {
+    let st = std::process::Command::new("mount")
+        .args(["-o", &format!("remount,nr_inodes={n}")])
+        .arg(fs.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// The marker meets a real full disk (a tmpfs whose last inode went to the tree; root only):
+/// the tree, never usable without its marker, is removed with the failure instead of holding
+/// the space until the next attempt; with room again the same build succeeds.
+#[test]
+fn marker_on_a_full_disk_takes_its_tree_along() {
+    let Some(fs) = e2e::tmpfs::Tmpfs::mount(1024) else {
+        return;
+    };
+    let mut f = Fixture::new();
+    f.layer(&[file("a", "1"), file("b", "2")]);
+    let unpacked = fs.join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    let build = || {
+        build_tree(
+            &unpacked,
+            ID,
+            &f.layers,
+            &Policy::default(),
+            &AtomicBool::new(false),
+        )
+    };
+    // Room for the staging dir and its two files, not for the marker.
+    let used = inodes_used(fs.path());
+    limit_inodes(&fs, used + 3);
+    match build() {
+        Err(UnpackError::Io { what, path, source }) => {
+            assert_eq!(source.raw_os_error(), Some(libc::ENOSPC), "{source}");
+            assert_eq!(
+                (what, path),
+                ("cannot create", unpacked.join(format!("{ID}.ok")))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let left: Vec<_> = std::fs::read_dir(&unpacked).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(inodes_used(fs.path()), used);
+
+    limit_inodes(&fs, used + 4);
+    assert_eq!(build().unwrap(), Outcome::Built);
+    assert!(tree_ready(&unpacked, ID));
+}
+
+/// An unmarked tree left by a crash is removed before the new one is built, not after: on a
+/// disk with room for one copy only (a 1 MiB tmpfs; root only), the rebuild still fits.
+#[test]
+fn crash_leftover_tree_makes_room_before_the_rebuild() {
+    let Some(fs) = e2e::tmpfs::Tmpfs::mount(1024) else {
+        return;
+    };
+    let content: String = (0..600 * 1024u32)
+        .map(|i| char::from(b'a' + (i.wrapping_mul(2654435761) >> 27) as u8 % 26))
+        .collect();
+    let mut f = Fixture::new();
+    f.layer(&[file("big", &content)]);
+    let unpacked = fs.join("unpacked");
+    std::fs::create_dir_all(unpacked.join(ID)).unwrap();
+    std::fs::write(unpacked.join(ID).join("big"), &content).unwrap();
+    let res = build_tree(
+        &unpacked,
+        ID,
+        &f.layers,
+        &Policy::default(),
+        &AtomicBool::new(false),
+    );
+    assert_eq!(res.unwrap(), Outcome::Built);
+    assert!(tree_ready(&unpacked, ID));
+}
