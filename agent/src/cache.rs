@@ -77,9 +77,14 @@ pub enum CacheError {
     },
 }
 
+/// No room left for our files: ENOSPC, or EDQUOT (a quota is full for us all the same).
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CacheError + 'a {
     move |source| {
-        if source.raw_os_error() == Some(libc::ENOSPC) {
+        if is_disk_full(&source) {
             CacheError::DiskFull {
                 path: path.to_path_buf(),
                 source,

@@ -1,7 +1,8 @@
 //! `deploy-agent --registry s3://…`: an artifact without a published digest is downloaded
 //! resumably. The agent is SIGKILLed mid-download, then run again; a TCP proxy in front of
 //! moto (which also slows the first run down so there is a "mid") counts the bytes moto
-//! sends, so the test sees that the second run fetched about the rest, not everything.
+//! sends, so the test sees that the second run fetched about the rest, not everything. On a
+//! full disk the partial is dropped instead: kept, it would hold the space.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -107,28 +108,18 @@ impl Drop for Agent {
     }
 }
 
-/// Incompressible bytes (so the .tar.gz is as large as its content), from a seed.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 struct Host {
     dir: tempfile::TempDir,
 }
 
 impl Host {
     fn new() -> Host {
+        Host::new_in(&std::env::temp_dir())
+    }
+    fn new_in(parent: &Path) -> Host {
         let dir = tempfile::Builder::new()
             .prefix("e2e-dewy-resume")
-            .tempdir()
+            .tempdir_in(parent)
             .unwrap();
         let p = dir.path().join("deploy.sh");
         fs::write(&p, "#!/bin/sh\necho \"$NEWID\" >> deploys.log\n").unwrap();
@@ -284,4 +275,43 @@ fn partial_of_a_replaced_object_restarts_from_zero() {
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(log.contains("changed since the partial download"), "{log}");
     assert_eq!(fs::read(host.path().join("current/tool")).unwrap(), new);
+}
+
+/// The download meets a full disk (a tmpfs smaller than the artifact): one clear error, the
+/// partial is not kept (its space is back), and once the disk is larger the next run deploys.
+#[test]
+fn full_disk_drops_the_partial_then_deploys_once_there_is_room() {
+    let Some(disk) = e2e::tmpfs::Tmpfs::mount(8 << 10) else {
+        return;
+    };
+    let (moto, proxy, _, registry, key) = setup();
+    let host = Host::new_in(disk.path());
+    let big = noise(12 << 20, 5);
+    let art = tar_gz(&[("bin/big", &big)]);
+    moto.put("rel", &key, &art);
+    let free = disk.free_bytes();
+
+    let out = run_with_timeout(&mut host.command(&registry), None, DEFAULT_TIMEOUT_SECS);
+    assert!(!out.ok(), "{out}");
+    let log = out.stderr_str() + &out.stdout_str();
+    assert!(
+        log.contains("disk full") && log.contains("No space left on device"),
+        "the error must name the full disk:\n{log}"
+    );
+    assert_eq!(host.partial(), None, "a partial on a full disk is not kept");
+    assert!(
+        disk.free_bytes() + (64 << 10) >= free,
+        "space not given back: {} free, {free} before",
+        disk.free_bytes()
+    );
+    assert!(!host.path().join("current").exists());
+
+    disk.resize(64 << 10);
+    proxy.down.store(0, Ordering::SeqCst);
+    run_with_timeout(&mut host.command(&registry), None, DEFAULT_TIMEOUT_SECS).assert_ok();
+    assert_eq!(fs::read(host.path().join("current/bin/big")).unwrap(), big);
+    assert!(
+        proxy.down.load(Ordering::SeqCst) >= art.len() as u64,
+        "downloaded from zero"
+    );
 }

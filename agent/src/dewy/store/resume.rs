@@ -136,7 +136,7 @@ enum DlError {
     Resume(anyhow::Error),
     /// Interrupted: the partial is good for the next attempt.
     Keep(anyhow::Error),
-    /// The bytes are unusable (too many, not the listed size).
+    /// The bytes are unusable (too many, not the listed size), or a full disk.
     Drop(anyhow::Error),
 }
 
@@ -229,7 +229,15 @@ impl Download<'_> {
     async fn run(&self, resumed: Option<Resumed>) -> Result<String, DlError> {
         let (offset, mut hasher) = resumed.map_or((0, Hasher::new()), |r| (r.len, r.hasher));
         let keep = DlError::Keep;
-        let io = |e: io::Error| DlError::Keep(e.into());
+        // A full disk drops the partial, as the layer cache does: kept for resuming, it would
+        // hold the space (the running release's too) and the next attempt would fail the same.
+        let io = |e: io::Error| {
+            if crate::cache::is_disk_full(&e) {
+                DlError::Drop(e.into())
+            } else {
+                DlError::Keep(e.into())
+            }
+        };
         let mut out = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
