@@ -291,14 +291,17 @@ fn internal(err: anyhow::Error) -> StoreError {
 /// ENOSPC or EDQUOT from a file operation, or SQLite's own "database or disk is full".
 fn is_disk_full(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
-        let os = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::raw_os_error);
+        let io_full = e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        });
         let sqlite_full = matches!(
             e.downcast_ref::<rusqlite::Error>(),
             Some(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull
         );
-        sqlite_full || os == Some(libc::ENOSPC) || os == Some(libc::EDQUOT)
+        io_full || sqlite_full
     })
 }
 
