@@ -360,6 +360,23 @@ fn reader(mut r: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
 }
 
 /// Lowercase hex sha256: how the registry names content.
+/// Polls `cond` every 100 ms until it holds; panics naming `what` after `secs` (a limit
+/// against hangs, never an assertion on speed).
+#[track_caller]
+pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The `Hash` field of a configuration's JSON (spec 2.1).
+pub fn config_hash(json: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(json).expect("configuration JSON");
+    v["Hash"].as_str().expect("a Hash field").to_string()
+}
+
 /// `len` incompressible bytes (xorshift from `seed`): what gzip cannot shrink, for tests
 /// that must fill a disk or a window with a known number of bytes.
 pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
@@ -834,6 +851,15 @@ impl Registry {
     /// The registry's temp dir (the log lives there; free for test files).
     pub fn work_dir(&self) -> &Path {
         self.work.path()
+    }
+
+    /// The exact bytes the registry serves as `configs/<name>.json` to an agent.
+    pub fn served_config(&self, name: &str) -> String {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let local = tmp.path().join("c.json");
+        self.sftp_service(&format!("get configs/{name}.json {}\n", local.display()))
+            .assert_ok();
+        fs::read_to_string(local).expect("the fetched configuration")
     }
 
     /// `deployctl ARGS...` against this registry as the operator (`-addr -fp -key` given, no

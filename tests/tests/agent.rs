@@ -74,20 +74,6 @@ impl Host {
     }
 }
 
-/// The exact bytes the registry serves for `configs/project1.json`.
-fn served_config(reg: &Registry) -> String {
-    let tmp = tempfile::tempdir().unwrap();
-    let local = tmp.path().join("c.json");
-    reg.sftp_service(&format!("get configs/project1.json {}\n", local.display()))
-        .assert_ok();
-    fs::read_to_string(local).unwrap()
-}
-
-fn config_hash(json: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(json).unwrap();
-    v["Hash"].as_str().unwrap().to_string()
-}
-
 fn env_of(host: &Host, id: &str) -> Vec<(String, String)> {
     let text = fs::read_to_string(host.path().join(format!("env-{id}.txt"))).unwrap();
     let mut v: Vec<(String, String)> = text
@@ -125,7 +111,7 @@ fn deploy_update_rollback_cleanold() {
     // First deploy.
     let out = host.once(&reg, &[]);
     out.assert_ok();
-    let first_json = served_config(&reg);
+    let first_json = reg.served_config("project1");
     let first = config_hash(&first_json);
     assert_eq!(
         host.state(),
@@ -206,7 +192,7 @@ fn deploy_update_rollback_cleanold() {
         .assert_ok();
     let out = host.once(&reg, &[]);
     out.assert_ok();
-    let second = config_hash(&served_config(&reg));
+    let second = config_hash(&reg.served_config("project1"));
     assert!(
         fetched_line(&out).contains("1 of 2"),
         "{}",
@@ -226,7 +212,7 @@ fn deploy_update_rollback_cleanold() {
         .assert_ok();
     let out = host.once(&reg, &[]);
     out.assert_ok();
-    assert_eq!(config_hash(&served_config(&reg)), first);
+    assert_eq!(config_hash(&reg.served_config("project1")), first);
     assert!(
         fetched_line(&out).contains("0 of 2"),
         "{}",
@@ -274,7 +260,7 @@ fn failing_script_keeps_old_state_and_is_retried() {
     assert_eq!(host.current(), None);
     host.script(SCRIPT);
     host.once(&reg, &[]).assert_ok();
-    assert_eq!(host.state(), served_config(&reg));
+    assert_eq!(host.state(), reg.served_config("project1"));
 }
 
 #[test]
@@ -296,7 +282,7 @@ fn corrupt_state_file_is_reported_and_replaced_by_next_deploy() {
     );
     host.script(SCRIPT);
     host.once(&reg, &[]).assert_ok();
-    assert_eq!(host.state(), served_config(&reg));
+    assert_eq!(host.state(), reg.served_config("project1"));
 }
 
 #[test]
@@ -575,7 +561,7 @@ fn kill9_at_random_moments_never_mixes() {
     // Hashes, not bytes: an equal hash saved earlier (with an older Mtime) is "no change".
     assert_eq!(
         config_hash(&host.state()),
-        config_hash(&served_config(&reg))
+        config_hash(&reg.served_config("project1"))
     );
     assert_eq!(config_hash(&host.state()) == hash_a, want == "a");
 }
@@ -630,17 +616,6 @@ fn version_file(tag: &str, i: u32) -> Vec<u8> {
     (0..20_000u32)
         .map(|j| ((j * 7 + i) as u8) ^ tag.as_bytes()[0])
         .collect()
-}
-
-fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < end,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }
 
 /// Spawns a long-running agent with its stderr in `agent.log`.
@@ -750,7 +725,7 @@ fn known_hosts_and_fingerprint_rotation() {
         reg.keys.service.to_str().unwrap(),
     ]);
     run_with_timeout(&mut c, None, DEFAULT_TIMEOUT_SECS).assert_ok();
-    assert_eq!(host.state(), served_config(&reg));
+    assert_eq!(host.state(), reg.served_config("project1"));
 
     let other = Host::new();
     let rotated = format!(
@@ -891,10 +866,10 @@ fn custom_dir_and_state_five_layers_one_fetched() {
     let out = host.once(&reg, &args);
     out.assert_ok();
     assert!(fetched_line(&out).contains("5 of 5"));
-    let first = config_hash(&served_config(&reg));
+    let first = config_hash(&reg.served_config("project1"));
     assert_eq!(
         fs::read_to_string(host.path().join("st/state.json")).unwrap(),
-        served_config(&reg)
+        reg.served_config("project1")
     );
     assert_eq!(
         fs::read_link(host.path().join("data/current")).unwrap(),
@@ -969,7 +944,7 @@ fn empty_script_flag_skips_the_script() {
     reg.ssh("addconf -name project1 -layer code:v01")
         .assert_ok();
     host.once(&reg, &["-script", ""]).assert_ok();
-    assert_eq!(host.state(), served_config(&reg));
+    assert_eq!(host.state(), reg.served_config("project1"));
     assert!(!host.path().join("deploys.log").exists());
     assert_eq!(fs::read(host.path().join("current/a")).unwrap(), b"1");
 }

@@ -121,44 +121,6 @@ impl AgentProc {
     }
 }
 
-fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < end,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
-/// The exact bytes the registry serves for `configs/project1.json`.
-fn served_config(reg: &Registry) -> String {
-    let tmp = tempfile::tempdir().unwrap();
-    let local = tmp.path().join("c.json");
-    reg.sftp_service(&format!("get configs/project1.json {}\n", local.display()))
-        .assert_ok();
-    fs::read_to_string(local).unwrap()
-}
-
-fn config_hash(json: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(json).unwrap();
-    v["Hash"].as_str().unwrap().to_string()
-}
-
-/// Incompressible bytes, so a layer's size on disk is its size in the archive.
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        v.extend_from_slice(&seed.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 fn error_lines(log: &str) -> Vec<&str> {
     log.lines().filter(|l| l.contains("disk full")).collect()
 }
@@ -178,7 +140,7 @@ fn first_deploy(reg: &Registry, host: &Host) -> (AgentProc, String) {
     wait_for("first deploy", 60, || {
         host.log().contains("switched to the new configuration")
     });
-    let json = served_config(reg);
+    let json = reg.served_config("project1");
     assert_eq!(host.state(), json);
     assert_eq!(host.deploys(), vec![format!(" {}", config_hash(&json))]);
     (agent, json)
@@ -213,7 +175,7 @@ fn fails_cleanly_then_deploys(payload: &[u8], blob_kept: bool) -> Option<String>
     let blob = add_version(&reg, "code", "v02", &layer);
     reg.ssh("changeconf -name project1 -component code -version v02")
         .assert_ok();
-    let second = config_hash(&served_config(&reg));
+    let second = config_hash(&reg.served_config("project1"));
 
     // Two failed attempts: the agent survived the first and is still polling.
     wait_for("two failed attempts", 90, || {
@@ -298,7 +260,7 @@ fn fails_cleanly_then_deploys(payload: &[u8], blob_kept: bool) -> Option<String>
         fs::read_to_string(host.cwd.path().join(format!("seen-{second}.txt"))).unwrap(),
         "v02"
     );
-    assert_eq!(host.state(), served_config(&reg));
+    assert_eq!(host.state(), reg.served_config("project1"));
     assert_eq!(host.current(), Some(Path::new("unpacked").join(&second)));
     assert!(fs::read(host.fs.join("current/big.bin")).unwrap() == payload);
     let line = error_lines(&host.log())[0].to_string();
@@ -351,7 +313,7 @@ fn state_file_write_on_a_full_disk() {
     );
     reg.ssh("changeconf -name project1 -component code -version v02")
         .assert_ok();
-    let second = config_hash(&served_config(&reg));
+    let second = config_hash(&reg.served_config("project1"));
 
     wait_for("the state save to fail", 90, || {
         host.log().contains("cannot save state file")
@@ -389,7 +351,7 @@ fn state_file_write_on_a_full_disk() {
             .contains(&format!("switched to the new configuration: {second}"))
     });
     agent.assert_running(&host);
-    assert_eq!(host.state(), served_config(&reg));
+    assert_eq!(host.state(), reg.served_config("project1"));
     assert_eq!(host.current(), Some(Path::new("unpacked").join(&second)));
     // The script saw the complete new tree every time it ran, always from the old release.
     let deploys = host.deploys();
