@@ -473,62 +473,147 @@ async fn finish(
     writer.close().await
 }
 
+/// Input waiting for the shell, past which the session ends (see [`read_input`]).
+const MAX_QUEUED_INPUT: usize = 8 << 20;
+
+/// What the shell gets from its channel.
+enum Input {
+    Data(bytes::Bytes),
+    Width(u32),
+    End,
+    /// More than [`MAX_QUEUED_INPUT`] bytes were waiting.
+    Overflow,
+}
+
+/// Reads the shell's channel on a task of its own, whatever the shell is doing. Left unread
+/// while a command runs, russh's queue for the channel fills (piped input of a few MB does it)
+/// and then blocks the whole session, including the sending of that command's output: the
+/// console hung for good. Input waiting here is bounded by [`MAX_QUEUED_INPUT`] (`queued`
+/// counts it, the shell gives it back as it consumes); past it the shell is told once and the
+/// rest is discarded, still read so that the session can send its last words.
+fn read_input(
+    mut reader: russh::ChannelReadHalf,
+    queued: Arc<AtomicUsize>,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<Input>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut overflowed = false;
+        while let Some(msg) = reader.wait().await {
+            let input = match msg {
+                ChannelMsg::Data { .. } if overflowed => continue,
+                ChannelMsg::Data { data } => {
+                    let waiting = queued.fetch_add(data.len(), Ordering::AcqRel) + data.len();
+                    if waiting > MAX_QUEUED_INPUT {
+                        overflowed = true;
+                        Input::Overflow
+                    } else {
+                        Input::Data(data)
+                    }
+                }
+                ChannelMsg::WindowChange { col_width, .. } => Input::Width(col_width),
+                ChannelMsg::Eof | ChannelMsg::Close => Input::End,
+                _ => continue,
+            };
+            // The shell stopped listening; go on reading until the channel closes.
+            let _ = tx.send(input);
+        }
+        let _ = tx.send(Input::End);
+    });
+    (rx, task)
+}
+
 /// Interactive console: line editor over a pty, or one command per LF-terminated line without.
-async fn run_shell(mut channel: Channel<Msg>, console: Console, pty: Option<Pty>) {
+async fn run_shell(channel: Channel<Msg>, console: Console, pty: Option<Pty>) {
+    let (reader, writer) = channel.split();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let (mut input, reading) = read_input(reader, Arc::clone(&queued));
+    let status = shell_loop(&writer, &mut input, &queued, &console, pty).await;
+    let _ = writer.exit_status(status).await;
+    let _ = writer.eof().await;
+    let _ = writer.close().await;
+    reading.abort();
+}
+
+async fn shell_loop(
+    channel: &russh::ChannelWriteHalf<Msg>,
+    input: &mut tokio::sync::mpsc::UnboundedReceiver<Input>,
+    queued: &AtomicUsize,
+    console: &Console,
+    pty: Option<Pty>,
+) -> u32 {
     let mut editor = pty.map(|p| Editor::new(p.cols));
     let mut splitter = LineSplitter::default();
     let mut out = Vec::new();
     if let Some(ed) = &mut editor {
         ed.prompt(&mut out);
         if channel.data(&out[..]).await.is_err() {
-            return;
+            return 1;
         }
     }
-    let status = loop {
-        let msg = tokio::select! {
-            msg = channel.wait() => msg,
+    loop {
+        let next = tokio::select! {
+            next = input.recv() => next.unwrap_or(Input::End),
             // Shutdown ends an idle console; a command that has started is not interrupted.
             () = console.shared.token.cancelled() => {
                 let _ = channel.data(&b"\r\nserver shutting down\r\n"[..]).await;
-                break 0;
+                return 0;
             }
         };
-        let step = match msg {
-            Some(ChannelMsg::Data { data }) => match &mut editor {
-                Some(ed) => typed(&mut channel, &console, ed, &data, &mut out).await,
-                None => {
-                    let mut step = Step::Continue;
-                    for line in splitter.feed(&data, MAX_LINE) {
-                        step = run_piped(&mut channel, &console, piped(line)).await;
-                        if step != Step::Continue {
-                            break;
+        let step = match next {
+            Input::Data(data) => {
+                let step = match &mut editor {
+                    Some(ed) => typed(channel, console, ed, &data, &mut out).await,
+                    None => {
+                        let mut step = Step::Continue;
+                        for line in splitter.feed(&data, MAX_LINE) {
+                            step = run_piped(channel, console, piped(line)).await;
+                            if step != Step::Continue {
+                                break;
+                            }
                         }
+                        step
                     }
-                    step
-                }
-            },
-            Some(ChannelMsg::WindowChange { col_width, .. }) => {
+                };
+                queued.fetch_sub(data.len(), Ordering::AcqRel);
+                step
+            }
+            Input::Width(cols) => {
                 if let Some(ed) = &mut editor {
-                    ed.set_width(col_width);
+                    ed.set_width(cols);
                 }
                 Step::Continue
             }
-            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => match splitter.finish() {
+            Input::End => match splitter.finish() {
                 Some(last) if editor.is_none() => {
-                    let _ = run_piped(&mut channel, &console, piped(last)).await;
+                    let _ = run_piped(channel, console, piped(last)).await;
                     Step::End(0)
                 }
                 _ => Step::End(0),
             },
-            Some(_) => Step::Continue,
+            Input::Overflow => {
+                let text = format!(
+                    "more than {} MiB of input waiting: closing the console\n",
+                    MAX_QUEUED_INPUT >> 20
+                );
+                tracing::warn!(
+                    "console input over {MAX_QUEUED_INPUT} bytes waiting, session closed"
+                );
+                let text = if editor.is_some() {
+                    shell::crlf(&text)
+                } else {
+                    text.into_bytes()
+                };
+                let _ = channel.data(&text[..]).await;
+                Step::End(1)
+            }
         };
         if let Step::End(status) = step {
-            break status;
+            return status;
         }
-    };
-    let _ = channel.exit_status(status).await;
-    let _ = channel.eof().await;
-    let _ = channel.close().await;
+    }
 }
 
 /// Whether the console goes on.
@@ -540,7 +625,7 @@ enum Step {
 
 /// Keystrokes from a pty: echo, and run each completed line before echoing what follows it.
 async fn typed(
-    channel: &mut Channel<Msg>,
+    channel: &russh::ChannelWriteHalf<Msg>,
     console: &Console,
     ed: &mut Editor,
     mut input: &[u8],
@@ -588,7 +673,7 @@ fn piped(p: Piped) -> Result<String, Outcome> {
 
 /// One line of piped (non-pty) input: blank lines are skipped, output as in exec mode.
 async fn run_piped(
-    channel: &mut Channel<Msg>,
+    channel: &russh::ChannelWriteHalf<Msg>,
     console: &Console,
     line: Result<String, Outcome>,
 ) -> Step {

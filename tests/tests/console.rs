@@ -1129,6 +1129,55 @@ fn shell_without_a_pty_runs_lf_terminated_lines() {
     assert!(text.find("config\n") < text.find("project1\n"), "{out}");
 }
 
+/// Piped input of several MB while commands run: more than the 100 SSH packets russh queues
+/// for a channel (at most 64 KiB each here), yet less than the console's own limit. The
+/// console used to hang for good after a few commands: the full queue blocked the session and
+/// with it the commands' output. Padding makes each command 1 KiB, so the input is large and
+/// the commands (each audited with an fsync) not too many.
+#[test]
+fn shell_keeps_up_with_megabytes_of_piped_input() {
+    let f = fixture();
+    let reg = &f.reg;
+    let commands = 7000;
+    let line = format!("components{}\n", " ".repeat(1013));
+    let input = line.repeat(commands);
+    assert!(input.len() > 100 * 65535 && input.len() < 8 << 20);
+    let out = reg.ssh_raw(
+        "op",
+        &reg.keys.operator,
+        &["-T"],
+        None,
+        Some(input.as_bytes()),
+    );
+    out.assert_code(0);
+    assert_eq!(out.stdout_str(), "code\nconfig\n".repeat(commands), "{out}");
+}
+
+/// More input waiting than the console holds (8 MiB): one clear line, status 1, the session
+/// closed instead of growing without bound. 64 MB of padded commands arrive far faster than
+/// commands run (each is audited with an fsync), so the limit is reached.
+#[test]
+fn shell_refuses_a_flood_of_piped_input() {
+    let f = fixture();
+    let reg = &f.reg;
+    let input = format!("components{}\n", " ".repeat(16_000)).repeat(4000);
+    let out = reg.ssh_raw(
+        "op",
+        &reg.keys.operator,
+        &["-T"],
+        None,
+        Some(input.as_bytes()),
+    );
+    out.assert_code(1);
+    assert!(
+        out.stdout_str()
+            .ends_with("more than 8 MiB of input waiting: closing the console\n"),
+        "{out}"
+    );
+    // The registry is fine afterwards.
+    reg.ssh("components").assert_ok();
+}
+
 /// Kills a private tmux server on drop.
 struct Tmux {
     socket: std::path::PathBuf,
