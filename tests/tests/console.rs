@@ -1110,18 +1110,17 @@ fn interactive_shell_with_a_pty() {
     );
 }
 
+/// The operator's console without a pty (`ssh -T`), `input` piped in.
+fn piped_console(reg: &Registry, input: &[u8]) -> e2e::Out {
+    reg.ssh_raw("op", &reg.keys.operator, &["-T"], None, Some(input))
+}
+
 #[test]
 fn shell_without_a_pty_runs_lf_terminated_lines() {
     let f = fixture();
     let reg = &f.reg;
     // Unlike the original (spec 8.B12), piped input without a pty runs.
-    let out = reg.ssh_raw(
-        "op",
-        &reg.keys.operator,
-        &["-T"],
-        None,
-        Some(b"components\nconfigurations\n"),
-    );
+    let out = piped_console(reg, b"components\nconfigurations\n");
     out.assert_code(0);
     let text = out.stdout_str();
     assert!(text.contains("code\nconfig\n"), "{out}");
@@ -1142,13 +1141,7 @@ fn shell_keeps_up_with_megabytes_of_piped_input() {
     let line = format!("components{}\n", " ".repeat(1013));
     let input = line.repeat(commands);
     assert!(input.len() > 100 * 65535 && input.len() < 8 << 20);
-    let out = reg.ssh_raw(
-        "op",
-        &reg.keys.operator,
-        &["-T"],
-        None,
-        Some(input.as_bytes()),
-    );
+    let out = piped_console(reg, input.as_bytes());
     out.assert_code(0);
     assert_eq!(out.stdout_str(), "code\nconfig\n".repeat(commands), "{out}");
 }
@@ -1161,13 +1154,7 @@ fn shell_refuses_a_flood_of_piped_input() {
     let f = fixture();
     let reg = &f.reg;
     let input = format!("components{}\n", " ".repeat(16_000)).repeat(4000);
-    let out = reg.ssh_raw(
-        "op",
-        &reg.keys.operator,
-        &["-T"],
-        None,
-        Some(input.as_bytes()),
-    );
+    let out = piped_console(reg, input.as_bytes());
     out.assert_code(1);
     assert!(
         out.stdout_str()
