@@ -360,6 +360,21 @@ fn reader(mut r: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
 }
 
 /// Lowercase hex sha256: how the registry names content.
+/// `deploy-agent` in `dir` as the Dewy-source tests run it: test AWS credentials (moto takes
+/// any), and none of the caller's environment that could point it at another cache, endpoint,
+/// profile or GCS emulator (tests set those after, where they need them).
+pub fn dewy_agent(dir: &Path) -> Command {
+    let mut c = Command::new(bin("deploy-agent"));
+    c.current_dir(dir)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env_remove("DEWY_CACHEDIR")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_PROFILE")
+        .env_remove("STORAGE_EMULATOR_HOST");
+    c
+}
+
 /// Polls `cond` every 100 ms until it holds; panics naming `what` after `secs` (a limit
 /// against hangs, never an assertion on speed).
 #[track_caller]

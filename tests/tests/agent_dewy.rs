@@ -74,15 +74,8 @@ impl Host {
         self.dir.path()
     }
     fn command(&self, registry: &str, extra: &[&str]) -> Command {
-        let mut c = Command::new(bin("deploy-agent"));
-        c.current_dir(self.path())
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env_remove("DEWY_CACHEDIR")
-            .env_remove("AWS_ENDPOINT_URL")
-            .env_remove("STORAGE_EMULATOR_HOST")
-            .args(["--registry", registry, "-v"])
-            .args(extra);
+        let mut c = dewy_agent(self.path());
+        c.args(["--registry", registry, "-v"]).args(extra);
         c
     }
     fn once(&self, registry: &str, extra: &[&str]) -> Out {

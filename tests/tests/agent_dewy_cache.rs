@@ -59,14 +59,8 @@ impl Host {
     }
 
     fn once(&self, registry: &str, cache: &str, env: &[(&str, String)]) -> Out {
-        let mut c = Command::new(bin("deploy-agent"));
-        c.current_dir(self.path())
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env_remove("DEWY_CACHEDIR")
-            .env_remove("AWS_ENDPOINT_URL")
-            .env_remove("STORAGE_EMULATOR_HOST")
-            .args(["--registry", registry, "-cache", cache, "-once", "-v"]);
+        let mut c = dewy_agent(self.path());
+        c.args(["--registry", registry, "-cache", cache, "-once", "-v"]);
         for (k, v) in env {
             c.env(k, v);
         }

@@ -130,14 +130,8 @@ impl Host {
         self.dir.path()
     }
     fn command(&self, registry: &str) -> Command {
-        let mut c = Command::new(bin("deploy-agent"));
-        c.current_dir(self.path())
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env_remove("DEWY_CACHEDIR")
-            .env_remove("AWS_ENDPOINT_URL")
-            .env_remove("AWS_PROFILE")
-            .args(["--registry", registry, "-v", "-once"]);
+        let mut c = dewy_agent(self.path());
+        c.args(["--registry", registry, "-v", "-once"]);
         c
     }
     /// The partial download in `cache/`, if any.

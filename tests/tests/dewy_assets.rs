@@ -33,13 +33,8 @@ impl Dewy {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin("deploy-agent"));
-        c.current_dir(self.path())
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env_remove("DEWY_CACHEDIR")
-            .env_remove("AWS_ENDPOINT_URL")
-            .args(args);
+        let mut c = dewy_agent(self.path());
+        c.args(args);
         c
     }
 
