@@ -189,12 +189,26 @@ fn source(env: Env) -> Result<S3Source, SourceError> {
     Ok(S3Source::new(&url, &http, env)?.with_platform(LINUX_AMD64))
 }
 
-/// One release with one artifact in moto (written by curl, not by the code under test).
-fn publish(moto: &Moto) -> Vec<u8> {
+/// What every test starts from: moto with one release of one artifact (written by curl, not
+/// by the code under test), the recording proxy in front of it (its endpoint), and an empty
+/// directory for the profile files. Returns moto (keep it), the artifact's bytes, the
+/// endpoint, the recording and the directory.
+async fn setup() -> (Moto, Vec<u8>, String, Arc<Recording>, tempfile::TempDir) {
+    let moto = Moto::start();
     moto.bucket("rel");
     let body = b"release bytes".to_vec();
     moto.put("rel", "app/v1.0.0/app_linux_amd64.tar.gz", &body);
-    body
+    let (endpoint, rec) = recording_proxy(moto.port).await;
+    (moto, body, endpoint, rec, tempfile::tempdir().unwrap())
+}
+
+/// `base` with keys in the environment as well.
+fn with_env_keys(base: Env) -> Env {
+    Arc::new(move |k: &str| match k {
+        "AWS_ACCESS_KEY_ID" => Some("AKIDFROMENV".to_string()),
+        "AWS_SECRET_ACCESS_KEY" => Some("env-secret".to_string()),
+        _ => base(k),
+    })
 }
 
 async fn deploy_bytes(s: &S3Source) -> Vec<u8> {
@@ -213,10 +227,7 @@ async fn deploy_bytes(s: &S3Source) -> Vec<u8> {
 
 #[tokio::test]
 async fn role_chain_assumes_each_role_with_the_previous_keys() {
-    let moto = Moto::start();
-    let body = publish(&moto);
-    let (endpoint, rec) = recording_proxy(moto.port).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (_moto, body, endpoint, rec, dir) = setup().await;
     std::fs::write(
         dir.path().join("credentials"),
         "[base]\naws_access_key_id = AKIDBASEPROFILE\naws_secret_access_key = base-secret\n",
@@ -285,21 +296,14 @@ async fn role_chain_assumes_each_role_with_the_previous_keys() {
 
 #[tokio::test]
 async fn credential_source_environment_is_the_role_source() {
-    let moto = Moto::start();
-    let body = publish(&moto);
-    let (endpoint, rec) = recording_proxy(moto.port).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (_moto, body, endpoint, rec, dir) = setup().await;
     std::fs::write(
         dir.path().join("config"),
         "[profile r]\nrole_arn = arn:aws:iam::123456789012:role/r\ncredential_source = Environment\n",
     )
     .unwrap();
     let base = env(dir.path(), "r", &endpoint);
-    let env: Env = Arc::new(move |k: &str| match k {
-        "AWS_ACCESS_KEY_ID" => Some("AKIDFROMENV".to_string()),
-        "AWS_SECRET_ACCESS_KEY" => Some("env-secret".to_string()),
-        _ => base(k),
-    });
+    let env = with_env_keys(base);
     let s = source(env).unwrap();
     assert_eq!(deploy_bytes(&s).await, body);
     let issued = rec.answered("AccessKeyId");
@@ -317,21 +321,14 @@ async fn credential_source_environment_is_the_role_source() {
 
 #[tokio::test]
 async fn env_keys_win_over_a_profile_with_static_keys() {
-    let moto = Moto::start();
-    let body = publish(&moto);
-    let (endpoint, rec) = recording_proxy(moto.port).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (_moto, body, endpoint, rec, dir) = setup().await;
     std::fs::write(
         dir.path().join("credentials"),
         "[p]\naws_access_key_id = AKIDPROFILE\naws_secret_access_key = s\n",
     )
     .unwrap();
     let base = env(dir.path(), "p", &endpoint);
-    let env: Env = Arc::new(move |k: &str| match k {
-        "AWS_ACCESS_KEY_ID" => Some("AKIDFROMENV".to_string()),
-        "AWS_SECRET_ACCESS_KEY" => Some("env-secret".to_string()),
-        _ => base(k),
-    });
+    let env = with_env_keys(base);
     let s = source(env).unwrap();
     assert_eq!(deploy_bytes(&s).await, body);
     let signers = rec.signers();
@@ -346,10 +343,7 @@ async fn env_keys_win_over_a_profile_with_static_keys() {
 
 #[tokio::test]
 async fn credential_process_split_like_the_cli_and_refreshed_before_expiry() {
-    let moto = Moto::start();
-    let body = publish(&moto);
-    let (endpoint, rec) = recording_proxy(moto.port).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (_moto, body, endpoint, rec, dir) = setup().await;
     let runs = dir.path().join("runs");
     let script = dir.path().join("creds helper.sh");
     // The helper logs its arguments and prints an expiry given by a file the test changes.
@@ -407,10 +401,7 @@ async fn credential_process_split_like_the_cli_and_refreshed_before_expiry() {
 
 #[tokio::test]
 async fn failing_process_and_unsupported_profiles_are_clear_errors() {
-    let moto = Moto::start();
-    publish(&moto);
-    let (endpoint, rec) = recording_proxy(moto.port).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (_moto, _, endpoint, rec, dir) = setup().await;
     std::fs::write(
         dir.path().join("config"),
         "[profile fails]\ncredential_process = sh -c 'echo helper says no >&2; exit 3'\n\
