@@ -2,47 +2,12 @@
 //! the certificate is checked against the system roots, which `SSL_CERT_FILE` points at a
 //! CA made here. A test binary of its own because it sets that variable (process-wide).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use agent::notify::Notifier;
-
-const SMTPD: &str = r#"
-import sys, ssl, signal
-from aiosmtpd.controller import Controller
-from aiosmtpd.handlers import Mailbox
-from aiosmtpd.smtp import AuthResult, LoginPassword
-
-port, maildir, user, password, cert, key = sys.argv[1:7]
-ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-ctx.load_cert_chain(cert, key)
-
-def authenticate(server, session, envelope, mechanism, auth_data):
-    ok = (isinstance(auth_data, LoginPassword)
-          and auth_data.login == user.encode() and auth_data.password == password.encode())
-    return AuthResult(success=ok, handled=False)
-
-# require_starttls: MAIL, RCPT and AUTH are refused until the client has upgraded.
-controller = Controller(Mailbox(maildir), hostname="127.0.0.1", port=int(port),
-                        tls_context=ctx, require_starttls=True,
-                        authenticator=authenticate, auth_required=True,
-                        auth_require_tls=True)
-controller.start()
-print("ready", flush=True)
-signal.sigwait([signal.SIGTERM, signal.SIGINT])
-controller.stop()
-"#;
-
-struct Smtpd(Child);
-
-impl Drop for Smtpd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use e2e::smtp::Smtpd;
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -142,42 +107,18 @@ impl std::io::Write for Logs {
     }
 }
 
-fn maildir_count(maildir: &Path) -> usize {
-    std::fs::read_dir(maildir.join("new")).map_or(0, |d| d.count())
-}
-
 #[test]
 #[allow(unsafe_code)] // set_var, while this test is the only thread of the binary
 fn mail_over_starttls_with_a_verified_certificate() {
     let dir = tempfile::tempdir().unwrap();
     make_certs(dir.path());
-    let python = Path::new(e2e::peers::VENV).join("bin/python");
-    assert!(
-        python.exists(),
-        "{}: run scripts/install-deps",
-        python.display()
+    let smtpd = Smtpd::start_starttls(
+        "bot",
+        "pw",
+        &dir.path().join("server.pem"),
+        &dir.path().join("server.key"),
     );
-    let script = dir.path().join("smtpd.py");
-    std::fs::write(&script, SMTPD).unwrap();
-    let maildir = dir.path().join("maildir");
-    let port = e2e::free_port();
-    let mut child = Command::new(&python)
-        .arg(&script)
-        .arg(port.to_string())
-        .arg(&maildir)
-        .args(["bot", "pw"])
-        .arg(dir.path().join("server.pem"))
-        .arg(dir.path().join("server.key"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.path().join("smtpd.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _smtpd = Smtpd(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready", "aiosmtpd did not start");
+    let port = smtpd.port;
 
     let logs = Logs::default();
     let writer = logs.clone();
@@ -201,7 +142,7 @@ fn mail_over_starttls_with_a_verified_certificate() {
     let trusted = Notifier::from_url(&url, &none).unwrap();
     rt.block_on(trusted.send("over TLS"));
     assert_eq!(
-        maildir_count(&maildir),
+        smtpd.messages().len(),
         1,
         "{}",
         String::from_utf8_lossy(&logs.0.lock().unwrap())
@@ -212,7 +153,7 @@ fn mail_over_starttls_with_a_verified_certificate() {
     unsafe { std::env::set_var("SSL_CERT_FILE", dir.path().join("other-ca.pem")) };
     let untrusted = Notifier::from_url(&url, &none).unwrap();
     rt.block_on(untrusted.send("must not arrive"));
-    assert_eq!(maildir_count(&maildir), 1);
+    assert_eq!(smtpd.messages().len(), 1);
     let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
     assert!(text.contains("notification failed: mail: "), "{text}");
     assert!(text.contains("UnknownIssuer"), "{text}");

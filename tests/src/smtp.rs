@@ -9,15 +9,22 @@ use serde_json::Value;
 
 use crate::peers::VENV;
 
-/// aiosmtpd with AUTH (PLAIN/LOGIN) required and allowed without TLS, delivering into a
-/// maildir. The CLI has no authenticator option, hence this small controller script.
+/// aiosmtpd with AUTH (PLAIN/LOGIN) required, delivering into a maildir. Without a
+/// certificate AUTH is allowed in clear; with one (`cert key` after the password) MAIL, RCPT
+/// and AUTH are refused until the client has upgraded with STARTTLS. The CLI has no
+/// authenticator option, hence this small controller script.
 const SMTPD: &str = r#"
-import sys, signal
+import sys, ssl, signal
 from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Mailbox
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 port, maildir, user, password = sys.argv[1:5]
+tls = {}
+if len(sys.argv) > 5:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(sys.argv[5], sys.argv[6])
+    tls = dict(tls_context=ctx, require_starttls=True)
 
 def authenticate(server, session, envelope, mechanism, auth_data):
     ok = (isinstance(auth_data, LoginPassword)
@@ -27,7 +34,7 @@ def authenticate(server, session, envelope, mechanism, auth_data):
 
 controller = Controller(Mailbox(maildir), hostname="127.0.0.1", port=int(port),
                         authenticator=authenticate, auth_required=True,
-                        auth_require_tls=False)
+                        auth_require_tls=bool(tls), **tls)
 controller.start()
 print("ready", flush=True)
 signal.sigwait([signal.SIGTERM, signal.SIGINT])
@@ -72,6 +79,15 @@ fn python() -> PathBuf {
 impl Smtpd {
     /// Starts on a free port; only `user`/`password` may send.
     pub fn start(user: &str, password: &str) -> Smtpd {
+        Smtpd::start_with(user, password, None)
+    }
+
+    /// Like [`Smtpd::start`], requiring STARTTLS with this certificate and key (PEM files).
+    pub fn start_starttls(user: &str, password: &str, cert: &Path, key: &Path) -> Smtpd {
+        Smtpd::start_with(user, password, Some((cert, key)))
+    }
+
+    fn start_with(user: &str, password: &str, tls: Option<(&Path, &Path)>) -> Smtpd {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("smtpd.py");
         std::fs::write(&script, SMTPD).unwrap();
@@ -80,6 +96,7 @@ impl Smtpd {
         let mut child = Command::new(python())
             .arg(&script)
             .args([&port.to_string(), maildir.to_str().unwrap(), user, password])
+            .args(tls.iter().flat_map(|(cert, key)| [cert, key]))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.path().join("smtpd.log")).unwrap())
