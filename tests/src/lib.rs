@@ -375,6 +375,21 @@ pub fn dewy_agent(dir: &Path) -> Command {
     c
 }
 
+/// Waits for `child` to exit, polling every 100 ms for at most `limit` (a limit against hangs,
+/// never an assertion on speed); `None` if it is still running.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Polls `cond` every 100 ms until it holds; panics naming `what` after `secs` (a limit
 /// against hangs, never an assertion on speed).
 #[track_caller]

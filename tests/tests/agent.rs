@@ -632,15 +632,6 @@ fn sigterm(child: &std::process::Child) {
     assert!(st.success());
 }
 
-fn wait_exit(child: &mut std::process::Child, secs: u64) -> std::process::ExitStatus {
-    let mut status = None;
-    wait_for("agent exit", secs, || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    status.unwrap()
-}
-
 /// See deploy-tools B18: one SSH connection serves every poll.
 #[test]
 fn one_connection_across_polls_and_clean_shutdown() {
@@ -663,7 +654,8 @@ fn one_connection_across_polls_and_clean_shutdown() {
         log().matches("switched to the new configuration").count() == 2
     });
     sigterm(&child);
-    let status = wait_exit(&mut child, 30);
+    let status =
+        wait_exit(&mut child, std::time::Duration::from_secs(30)).expect("the agent did not exit");
     assert!(status.success(), "exit {status:?}\n{}", log());
     let log = log();
     assert_eq!(log.matches("connected to the registry").count(), 1, "{log}");
@@ -690,7 +682,8 @@ fn shutdown_stops_script_and_its_children() {
         .parse()
         .unwrap();
     sigterm(&child);
-    let status = wait_exit(&mut child, 30);
+    let status =
+        wait_exit(&mut child, std::time::Duration::from_secs(30)).expect("the agent did not exit");
     assert!(status.success());
     wait_for("grandchild to die", 15, || {
         let stat = fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();

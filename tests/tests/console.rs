@@ -1037,17 +1037,12 @@ impl Pty {
 
     /// Waits for exit (stdin kept open), at most 30 s.
     fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
+        match e2e::wait_exit(&mut self.child, Duration::from_secs(30)) {
+            Some(st) => st,
+            None => panic!(
                 "shell did not exit; output: {:?}",
                 String::from_utf8_lossy(&self.output())
-            );
-            thread::sleep(Duration::from_millis(20));
+            ),
         }
     }
 }

@@ -184,17 +184,9 @@ impl Agent {
 
     /// Waits (bounded) for the agent to exit.
     fn wait(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + LONG;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not exit\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        match e2e::wait_exit(&mut self.child, LONG) {
+            Some(status) => status,
+            None => panic!("agent did not exit\n{}", self.log()),
         }
     }
 

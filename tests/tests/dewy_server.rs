@@ -150,17 +150,9 @@ impl Server {
     }
 
     fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + LONG;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not exit\n{}",
-                self.both()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        match e2e::wait_exit(&mut self.child, LONG) {
+            Some(status) => status,
+            None => panic!("the agent did not exit\n{}", self.both()),
         }
     }
 
