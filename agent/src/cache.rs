@@ -250,9 +250,13 @@ impl Cache {
             if n == 0 {
                 break;
             }
+            // tokio's File reports a failed write only at the next operation; waiting for it
+            // here means the unpacker is fed only bytes the cache holds, so a full disk is
+            // reported by whichever of the two met it first, not by a race between them.
             out.write_all(&buf[..n])
                 .await
                 .map_err(io_err("cannot write", partial))?;
+            out.flush().await.map_err(io_err("cannot write", partial))?;
             hasher.update(&buf[..n]);
             if let Some(t) = &mut tap {
                 t.send(&buf[..n]).await;
