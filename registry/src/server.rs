@@ -136,7 +136,8 @@ async fn serve_connection(
     };
     let (authed_tx, authed_rx) = oneshot::channel();
     let busy = Arc::new(AtomicUsize::new(0));
-    let handler = Connection::new(shared.clone(), peer, authed_tx, busy.clone());
+    let stuck = CancellationToken::new();
+    let handler = Connection::new(shared.clone(), peer, authed_tx, busy.clone(), stuck.clone());
     let session = match tokio::time::timeout(
         HANDSHAKE_LIMIT,
         russh::server::run_stream(config, socket, handler),
@@ -176,6 +177,10 @@ async fn serve_connection(
                 kill();
                 return;
             }
+            () = stuck.cancelled() => {
+                kill();
+                return;
+            }
             () = shared.token.cancelled() => break,
         }
     }
@@ -196,6 +201,10 @@ async fn serve_connection(
                 if let Err(err) = result {
                     log_connection_error(peer, &err);
                 }
+                return;
+            }
+            () = stuck.cancelled() => {
+                kill();
                 return;
             }
             () = tokio::time::sleep(Duration::from_millis(100)) => {}

@@ -16,6 +16,7 @@ use russh::keys::ssh_key::HashAlg;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelMsg};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use crate::console::shell::{self, Editor, Event, LineSplitter, Piped};
 use crate::console::{self, MAX_LINE, Outcome};
@@ -48,6 +49,9 @@ pub struct Connection {
     authed_tx: Option<oneshot::Sender<()>>,
     /// Running consoles and transfers of this connection (shutdown waits for zero).
     busy: Arc<AtomicUsize>,
+    /// Cancelled when a session of this connection is stuck beyond repair: the connection
+    /// is to be dropped.
+    stuck: CancellationToken,
     login: Option<(Role, Actor)>,
     channels: HashMap<ChannelId, PendingChannel>,
 }
@@ -58,12 +62,14 @@ impl Connection {
         peer: SocketAddr,
         authed_tx: oneshot::Sender<()>,
         busy: Arc<AtomicUsize>,
+        stuck: CancellationToken,
     ) -> Connection {
         Connection {
             shared,
             peer,
             authed_tx: Some(authed_tx),
             busy,
+            stuck,
             login: None,
             channels: HashMap::new(),
         }
@@ -348,18 +354,13 @@ impl russh::server::Handler for Connection {
             let _ = handle.exit_status_request(channel, 0).await;
             let _ = handle.eof(channel).await;
         };
+        let ending =
+            crate::sftp::Ending::new(before_close, self.shared.idle_limit, self.stuck.clone());
         match role {
             Role::Operator => self.spawn(crate::sftp::operator::serve_then(
-                stream,
-                store,
-                actor,
-                before_close,
+                stream, store, actor, ending,
             )),
-            Role::Service => self.spawn(crate::sftp::service::serve_then(
-                stream,
-                store,
-                before_close,
-            )),
+            Role::Service => self.spawn(crate::sftp::service::serve_then(stream, store, ending)),
         }
         Ok(())
     }

@@ -321,3 +321,71 @@ fn idle_session_is_cut_by_deadline() {
     );
     still_serves(&reg);
 }
+
+/// A client that keeps sending SFTP requests but never reads the replies: once our replies
+/// wait for window and its requests fill our queue, nothing can move again (russh's session
+/// loop waits on the full channel queue, so it would not even see a window adjust). That
+/// session must be ended, its connection closed and its `-maxconn` slot given back, instead
+/// of being held for good.
+#[test]
+fn client_that_never_reads_replies_is_cut() {
+    let reg = Registry::start_with(&["-deadline", "2s", "-maxconn", "1"]);
+    let mut c = reg.ssh_cmd(&reg.keys.service);
+    c.arg("-s").arg(reg.dest("deploy-agent")).arg("sftp");
+    let mut ssh = c
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Replies go to a pipe nobody reads: ssh stops taking them once it is full.
+    let _unread = ssh.stdout.take().unwrap();
+    let mut stdin = ssh.stdin.take().unwrap();
+    let writer = thread::spawn(move || {
+        // INIT, then READs on an unknown handle (each answered by a small STATUS), far past
+        // what our queue, russh's and the socket buffers hold together.
+        let mut req = Vec::new();
+        for i in 0..40_000u32 {
+            let mut p = vec![5u8];
+            p.extend_from_slice(&i.to_be_bytes());
+            p.extend_from_slice(&1u32.to_be_bytes());
+            p.push(b'x');
+            p.extend_from_slice(&0u64.to_be_bytes());
+            p.extend_from_slice(&32768u32.to_be_bytes());
+            req.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            req.extend_from_slice(&p);
+        }
+        let mut sent = 0usize;
+        if stdin.write_all(&[0, 0, 0, 5, 1, 0, 0, 0, 3]).is_err() {
+            return sent;
+        }
+        while sent < 1 << 30 {
+            if stdin.write_all(&req).is_err() {
+                break;
+            }
+            sent += req.len();
+        }
+        sent
+    });
+    let status = e2e::wait_exit(&mut ssh, Duration::from_secs(90));
+    if status.is_none() {
+        let _ = ssh.kill();
+        let _ = ssh.wait();
+    }
+    let sent = writer.join().unwrap();
+    assert!(
+        status.is_some(),
+        "a session that stopped reading replies is still open after 90 s ({sent} bytes of requests sent)\n{}",
+        reg.log()
+    );
+    assert!(sent > 64 << 20, "only {sent} bytes of requests were sent");
+    assert!(
+        reg.log().contains("stopped reading replies"),
+        "{}",
+        reg.log()
+    );
+    // The only -maxconn slot is free again.
+    e2e::wait_for("a new connection after the cut", 30, || {
+        reg.ssh("components").ok()
+    });
+}

@@ -18,10 +18,12 @@ pub mod service;
 pub mod stream;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use russh_sftp::protocol::{ExtendedReply, Packet, StatusCode, Version};
 use russh_sftp::server::StatusReply;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
 
 use crate::store::StoreError;
 
@@ -63,10 +65,39 @@ fn extended(id: u32, request: &str) -> Result<Packet, StatusReply> {
     Ok(Packet::ExtendedReply(ExtendedReply { id, data }))
 }
 
+/// A reply may wait this long for window while the client's requests fill our queue
+/// ([`server::Ended::Stuck`]); `-deadline` when that is shorter.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// How the session code wants an SFTP session to end.
+pub struct Ending<F> {
+    /// Runs after the session ended, while the channel is still open (exit-status, EOF).
+    pub before_close: F,
+    /// See [`server::Ended::Stuck`].
+    pub stall_limit: Duration,
+    /// Cancelled when the session was stuck: the connection is to be dropped.
+    pub stuck: CancellationToken,
+}
+
+impl<F> Ending<F> {
+    /// `before_close`, and the stall limit for an idle limit of `idle_limit`.
+    pub fn new(
+        before_close: F,
+        idle_limit: Option<Duration>,
+        stuck: CancellationToken,
+    ) -> Ending<F> {
+        Ending {
+            before_close,
+            stall_limit: idle_limit.map_or(STALL_LIMIT, |d| d.min(STALL_LIMIT)),
+            stuck,
+        }
+    }
+}
+
 /// Runs `handler` on `stream` (decoupled) until the client ends the session; then runs
 /// `before_close` while the stream is still open, and closes it. The handler is dropped first,
 /// which finishes what it holds (open uploads).
-async fn run<S, H, F>(stream: S, handler: H, before_close: F)
+async fn run<S, H, F>(stream: S, handler: H, ending: Ending<F>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
     H: server::View,
@@ -74,11 +105,18 @@ where
 {
     let (stream, reader) = stream::decoupled_parts(stream);
     let (input, output) = stream.into_inner();
-    server::serve(input, output, handler, MAX_PACKET).await;
+    let ended = server::serve(input, output, handler, MAX_PACKET, ending.stall_limit).await;
     // The reader task ends once the loop dropped the queue; the read half it returns keeps the
     // channel open for `before_close`.
     let read_half = reader.await;
-    before_close.await;
+    if ended == server::Ended::Stuck {
+        // Dropping the channel unblocks russh's session loop, which waits to queue more of
+        // it; `before_close` would wait on that loop, and the client would not read it.
+        drop(read_half);
+        ending.stuck.cancel();
+        return;
+    }
+    ending.before_close.await;
     drop(read_half);
 }
 

@@ -10,6 +10,8 @@
 //!
 //! Like russh-sftp's loop it is sequential: one request is answered before the next is read.
 
+use std::time::Duration;
+
 use bytes::{Buf, Bytes};
 use russh_sftp::protocol::{Packet, Status, StatusCode};
 use russh_sftp::server::{Handler, StatusReply};
@@ -33,9 +35,28 @@ pub trait View: Handler<Error = StatusReply> + Send {
     }
 }
 
+/// How a session ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The input ended or broke the protocol, or the output failed.
+    Closed,
+    /// A reply waited for window for `stall_limit` while the client's requests filled our
+    /// queue: the client does not read what we send, and since russh's session loop blocks
+    /// once its channel queue is full too, it could never even tell us it did. Only ending
+    /// the channel (and the connection) gets us out.
+    Stuck,
+}
+
 /// Answers requests from `input` on `output` until the input ends (or breaks the protocol, or
-/// the output fails). `handler` is dropped when it returns.
-pub async fn serve<H, W>(mut input: QueueReader, mut output: W, mut handler: H, max_packet: u32)
+/// the output fails, or the session is stuck: see [`Ended::Stuck`]). `handler` is dropped when
+/// it returns.
+pub async fn serve<H, W>(
+    mut input: QueueReader,
+    mut output: W,
+    mut handler: H,
+    max_packet: u32,
+    stall_limit: Duration,
+) -> Ended
 where
     H: View,
     W: AsyncWrite + Unpin,
@@ -43,14 +64,14 @@ where
     loop {
         let packet = match input.next_packet(max_packet).await {
             Ok(Some(p)) => p,
-            Ok(None) => break,
+            Ok(None) => return Ended::Closed,
             Err(too_long) => {
                 tracing::warn!(
                     len = too_long.0,
                     max = max_packet,
                     "sftp: packet over the limit, ending the session"
                 );
-                break;
+                return Ended::Closed;
             }
         };
         let reply = dispatch(&mut handler, packet).await;
@@ -58,11 +79,29 @@ where
             Ok(b) => b,
             Err(err) => {
                 tracing::warn!(cause = %err, "sftp: reply not encodable");
-                break;
+                return Ended::Closed;
             }
         };
-        if output.write_all(&bytes).await.is_err() || output.flush().await.is_err() {
-            break;
+        let send = async {
+            output.write_all(&bytes).await?;
+            output.flush().await
+        };
+        tokio::pin!(send);
+        loop {
+            match tokio::time::timeout(stall_limit, &mut send).await {
+                Ok(Ok(())) => break,
+                Ok(Err(_)) => return Ended::Closed,
+                // A client that is merely slow to read, or paused, has not filled the queue:
+                // it is left to the idle limit.
+                Err(_) if input.is_full() => {
+                    tracing::warn!(
+                        waited = ?stall_limit,
+                        "sftp: the client stopped reading replies but keeps sending requests, ending the connection"
+                    );
+                    return Ended::Stuck;
+                }
+                Err(_) => {}
+            }
         }
     }
 }

@@ -40,22 +40,27 @@ const READDIR_BATCH: usize = 128;
 // The frozen entry point; the session code uses `serve_then` (exit-status before close).
 #[allow(dead_code)]
 pub async fn serve(stream: ChannelStream<Msg>, store: Store) {
-    serve_on(stream, store, async {}).await;
+    serve_on(
+        stream,
+        store,
+        super::Ending::new(async {}, None, Default::default()),
+    )
+    .await;
 }
 
-/// Like [`serve`], then runs `before_close` after the session ended and before the channel
-/// closes: the place to send `exit-status` 0 as sshd does, which `scp` (SFTP mode) requires
-/// to report success.
+/// Like [`serve`], ending as `ending` says: its `before_close` runs after the session ended
+/// and before the channel closes, the place to send `exit-status` 0 as sshd does, which `scp`
+/// (SFTP mode) requires to report success.
 pub async fn serve_then(
     stream: ChannelStream<Msg>,
     store: Store,
-    before_close: impl Future<Output = ()> + Send,
+    ending: super::Ending<impl Future<Output = ()> + Send>,
 ) {
-    serve_on(stream, store, before_close).await;
+    serve_on(stream, store, ending).await;
 }
 
 /// [`serve_then`] on any stream (tests drive it over an in-memory pipe).
-pub async fn serve_on<S, F>(stream: S, store: Store, before_close: F)
+pub async fn serve_on<S, F>(stream: S, store: Store, ending: super::Ending<F>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
     F: Future<Output = ()>,
@@ -65,7 +70,7 @@ where
         handles: HashMap::new(),
         next_handle: 0,
     };
-    super::run(stream, handler, before_close).await;
+    super::run(stream, handler, ending).await;
 }
 
 struct Service {

@@ -17,6 +17,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -56,10 +57,12 @@ where
     let (read_half, write_half) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let budget = Arc::new(Semaphore::new(cap));
+    let full = Arc::new(AtomicBool::new(false));
     let reader = tokio::spawn(drain(
         read_half,
         tx,
         Arc::clone(&budget),
+        Arc::clone(&full),
         cap.min(FRAME_MAX),
     ));
     let stream = tokio::io::join(
@@ -68,6 +71,7 @@ where
             current: Bytes::new(),
             current_len: 0,
             budget,
+            full,
         },
         write_half,
     );
@@ -82,6 +86,7 @@ async fn drain<R: AsyncRead + Unpin>(
     mut read_half: R,
     tx: mpsc::UnboundedSender<Bytes>,
     budget: Arc<Semaphore>,
+    full: Arc<AtomicBool>,
     piece: usize,
 ) -> R {
     loop {
@@ -115,12 +120,18 @@ async fn drain<R: AsyncRead + Unpin>(
         if !buf.is_empty() {
             // `buf.len() <= piece <= cap`: never more than the semaphore holds.
             let permits = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-            tokio::select! {
-                p = budget.acquire_many(permits) => match p {
-                    Ok(p) => p.forget(),
-                    Err(_) => return read_half,
-                },
-                () = tx.closed() => return read_half,
+            if let Ok(p) = budget.try_acquire_many(permits) {
+                p.forget();
+            } else {
+                full.store(true, Ordering::Relaxed);
+                let acquired = tokio::select! {
+                    p = budget.acquire_many(permits) => p.map(|p| p.forget()).is_ok(),
+                    () = tx.closed() => false,
+                };
+                full.store(false, Ordering::Relaxed);
+                if !acquired {
+                    return read_half;
+                }
             }
             if tx.send(buf.freeze()).is_err() {
                 return read_half;
@@ -159,6 +170,8 @@ pub struct QueueReader {
     /// Length of `current` when it was queued: what to give back to `budget` once it is used.
     current_len: usize,
     budget: Arc<Semaphore>,
+    /// Set while the reader task waits for room: the peer has sent more than the cap holds.
+    full: Arc<AtomicBool>,
 }
 
 /// A framed SFTP packet longer than the limit: the peer broke the protocol.
@@ -166,6 +179,12 @@ pub struct QueueReader {
 pub struct PacketTooLong(pub u32);
 
 impl QueueReader {
+    /// Whether the queue is at its cap and the reader task waits for room: no more of the
+    /// channel is being read, so russh's own queue fills next.
+    pub fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
     /// The next SFTP packet (type byte and payload, without the length), or `None` at EOF.
     ///
     /// The reader task queues each packet whole, in a buffer of its own, so it is handed out

@@ -27,14 +27,18 @@ async fn operator_session(store: &Store) -> SftpSession {
         server,
         store.clone(),
         Actor::default(),
-        async {},
+        super::Ending::new(async {}, None, Default::default()),
     ));
     SftpSession::new(client).await.expect("sftp init")
 }
 
 async fn service_session(store: &Store) -> SftpSession {
     let (client, server) = tokio::io::duplex(1 << 20);
-    tokio::spawn(service::serve_on(server, store.clone(), async {}));
+    tokio::spawn(service::serve_on(
+        server,
+        store.clone(),
+        super::Ending::new(async {}, None, Default::default()),
+    ));
     SftpSession::new(client).await.expect("sftp init")
 }
 
@@ -179,7 +183,7 @@ impl Raw {
             server,
             store.clone(),
             Actor::default(),
-            async {},
+            super::Ending::new(async {}, None, Default::default()),
         ));
         let mut raw = Raw {
             stream: client,
