@@ -520,7 +520,7 @@ mod tests {
 
         // A second open does not import again.
         drop(store);
-        let store = Store::open(&dir, Options::default()).unwrap();
+        let store = crate::store::tests::reopen(&dir, Options::default()).unwrap();
         assert_eq!(store.history("project1").unwrap().len(), 4);
     }
 }

@@ -20,6 +20,22 @@ fn open(dir: &Path) -> Store {
     Store::open(dir, Options::default()).expect("open")
 }
 
+/// Opens `dir` again once the previous store was dropped. Another test of this binary may be
+/// spawning a process meanwhile (`ssh-keygen`): from fork to exec its child holds a copy of
+/// every descriptor, our lock file's included, and the lock lasts as long as any copy does. So
+/// `Locked` is retried for a while.
+pub(super) fn reopen(dir: &Path, options: Options) -> Result<Store> {
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Store::open(dir, options.clone()) {
+            Err(StoreError::Locked(_)) if std::time::Instant::now() < give_up => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn sha(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -92,7 +108,7 @@ fn open_creates_layout_and_locks_the_directory() {
     drop(store);
     assert!(Store::open(&dir, Options::default()).is_err());
     drop(clone);
-    open(&dir);
+    reopen(&dir, Options::default()).expect("open");
 }
 
 #[test]
@@ -126,7 +142,7 @@ fn newer_schema_is_refused() {
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     assert!(matches!(
-        Store::open(tmp.path(), Options::default()),
+        reopen(tmp.path(), Options::default()),
         Err(StoreError::Internal(_))
     ));
 }
@@ -369,7 +385,7 @@ fn uploads_survive_a_restart() {
         let store = open(tmp.path());
         upload(&store, b"durable")
     };
-    let store = open(tmp.path());
+    let store = reopen(tmp.path(), Options::default()).expect("open");
     store.add_version("c", "v", &h, &actor("op")).unwrap();
     assert_eq!(
         std::fs::read(tmp.path().join("files").join(&h)).unwrap(),
@@ -424,7 +440,7 @@ fn expire_uploads_removes_old_stray_and_vanished() {
         upload_ttl: Duration::ZERO,
         ..Options::default()
     };
-    let store = Store::open(tmp.path(), options).unwrap();
+    let store = reopen(tmp.path(), options).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     let path = store.pending_upload(&fresh).unwrap();
     assert_eq!(store.expire_uploads().unwrap(), 2);
