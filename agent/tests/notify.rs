@@ -18,6 +18,9 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
+mod logs;
+use logs::Logs;
+
 const TOKEN: &str = "xoxb-test-token-1234";
 const WARNING: &str = "⚠️ No more error notifications will be sent until errors are resolved.";
 
@@ -31,38 +34,6 @@ fn hostname() -> String {
 fn env_of(pairs: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
     let m: HashMap<&str, String> = pairs.into_iter().collect();
     move |k| m.get(k).cloned()
-}
-
-// ---------------------------------------------------------------- logs
-
-/// Captures this thread's log lines (the tests run on a current-thread runtime).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn start() -> (Logs, tracing::subscriber::DefaultGuard) {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::DEBUG)
-            .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
 }
 
 // ---------------------------------------------------------------- Slack stand-in

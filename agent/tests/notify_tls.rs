@@ -4,10 +4,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
 use agent::notify::Notifier;
 use e2e::smtp::Smtpd;
+
+mod logs;
+use logs::Logs;
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -94,19 +96,6 @@ fn make_certs(dir: &Path) {
     );
 }
 
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 #[allow(unsafe_code)] // set_var, while this test is the only thread of the binary
 fn mail_over_starttls_with_a_verified_certificate() {
@@ -120,13 +109,7 @@ fn mail_over_starttls_with_a_verified_certificate() {
     );
     let port = smtpd.port;
 
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::start();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -141,12 +124,7 @@ fn mail_over_starttls_with_a_verified_certificate() {
     unsafe { std::env::set_var("SSL_CERT_FILE", dir.path().join("test-ca.pem")) };
     let trusted = Notifier::from_url(&url, &none).unwrap();
     rt.block_on(trusted.send("over TLS"));
-    assert_eq!(
-        smtpd.messages().len(),
-        1,
-        "{}",
-        String::from_utf8_lossy(&logs.0.lock().unwrap())
-    );
+    assert_eq!(smtpd.messages().len(), 1, "{}", logs.text());
 
     // Trusting another CA only: the handshake fails, nothing is sent, the failure is logged.
     // SAFETY: as above; the runtime is current-thread and idle.
@@ -154,7 +132,7 @@ fn mail_over_starttls_with_a_verified_certificate() {
     let untrusted = Notifier::from_url(&url, &none).unwrap();
     rt.block_on(untrusted.send("must not arrive"));
     assert_eq!(smtpd.messages().len(), 1);
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     assert!(text.contains("notification failed: mail: "), "{text}");
     assert!(text.contains("UnknownIssuer"), "{text}");
     assert!(!text.contains("password=pw"), "{text}");
