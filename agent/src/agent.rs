@@ -406,7 +406,7 @@ pub fn describe(e: &anyhow::Error) -> String {
     let text = format!("{e:#}");
     let disk_full = e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
-            .is_some_and(crate::cache::is_disk_full)
+            .is_some_and(common::disk::is_full)
     });
     if disk_full && !text.starts_with("disk full") {
         format!("disk full: {text}")

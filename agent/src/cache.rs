@@ -77,17 +77,9 @@ pub enum CacheError {
     },
 }
 
-/// No room left for our files: ENOSPC, or EDQUOT (a quota is full for us all the same).
-pub fn is_disk_full(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-    )
-}
-
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CacheError + 'a {
     move |source| {
-        if is_disk_full(&source) {
+        if common::disk::is_full(&source) {
             CacheError::DiskFull {
                 path: path.to_path_buf(),
                 source,

@@ -3,6 +3,7 @@
 //! Nothing here does I/O. Each module is one definition of one thing:
 //!
 //! - [`dewy`]: Dewy compatibility: registry URLs, version choice, artifact pick, cache keys.
+//! - [`disk`]: what an OS error says about the disk (full or not).
 //! - [`digest`]: sha256 content addresses (`Digest`) and hashing helpers.
 //! - [`timefmt`]: the Go time layouts the original used (RFC3339 seconds, RFC3339Nano trimmed).
 //! - [`gojson`]: JSON bytes exactly as Go's `encoding/json` writes them.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod console;
 pub mod dewy;
 pub mod digest;
+pub mod disk;
 pub mod goerr;
 pub mod goflag;
 pub mod gojson;

@@ -291,12 +291,9 @@ fn internal(err: anyhow::Error) -> StoreError {
 /// ENOSPC or EDQUOT from a file operation, or SQLite's own "database or disk is full".
 fn is_disk_full(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
-        let io_full = e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            )
-        });
+        let io_full = e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(common::disk::is_full);
         let sqlite_full = matches!(
             e.downcast_ref::<rusqlite::Error>(),
             Some(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull

@@ -232,7 +232,7 @@ impl Download<'_> {
         // A full disk drops the partial, as the layer cache does: kept for resuming, it would
         // hold the space (the running release's too) and the next attempt would fail the same.
         let io = |e: io::Error| {
-            if crate::cache::is_disk_full(&e) {
+            if common::disk::is_full(&e) {
                 DlError::Drop(e.into())
             } else {
                 DlError::Keep(e.into())
