@@ -134,6 +134,11 @@ async fn serve_connection(
     let kill = || {
         let _ = killer.shutdown(std::net::Shutdown::Both);
     };
+    // See `sftp::server::Ended::Stuck`.
+    let cut_stuck = || {
+        tracing::warn!(addr = %peer, "connection closed: the client stopped reading replies but kept sending SFTP requests");
+        kill();
+    };
     let (authed_tx, authed_rx) = oneshot::channel();
     let busy = Arc::new(AtomicUsize::new(0));
     let stuck = CancellationToken::new();
@@ -177,10 +182,7 @@ async fn serve_connection(
                 kill();
                 return;
             }
-            () = stuck.cancelled() => {
-                kill();
-                return;
-            }
+            () = stuck.cancelled() => return cut_stuck(),
             () = shared.token.cancelled() => break,
         }
     }
@@ -203,10 +205,7 @@ async fn serve_connection(
                 }
                 return;
             }
-            () = stuck.cancelled() => {
-                kill();
-                return;
-            }
+            () = stuck.cancelled() => return cut_stuck(),
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }

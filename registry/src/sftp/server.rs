@@ -93,13 +93,7 @@ where
                 Ok(Err(_)) => return Ended::Closed,
                 // A client that is merely slow to read, or paused, has not filled the queue:
                 // it is left to the idle limit.
-                Err(_) if input.is_full() => {
-                    tracing::warn!(
-                        waited = ?stall_limit,
-                        "sftp: the client stopped reading replies but keeps sending requests, ending the connection"
-                    );
-                    return Ended::Stuck;
-                }
+                Err(_) if input.is_full() => return Ended::Stuck,
                 Err(_) => {}
             }
         }
