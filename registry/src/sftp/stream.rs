@@ -322,6 +322,7 @@ mod tests {
             first.is_ok(),
             "writes below the cap must not wait for the consumer"
         );
+        assert!(!s.reader().is_full());
         // Beyond the cap (plus the duplex buffer and one chunk in flight) the writer must stall.
         let over = tokio::time::timeout(
             std::time::Duration::from_millis(300),
@@ -329,6 +330,7 @@ mod tests {
         )
         .await;
         assert!(over.is_err(), "the queue must stop growing at its cap");
+        assert!(s.reader().is_full(), "the reader task waits for room");
         drop(s);
     }
 
