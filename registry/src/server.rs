@@ -37,6 +37,9 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// `-deadline`: the idle limit, `None` for none.
     pub idle_limit: Option<Duration>,
+    /// The room for queued SFTP requests all sessions share
+    /// ([`crate::sftp::stream::total_budget`]).
+    pub sftp_queue: Arc<Semaphore>,
 }
 
 /// The russh configuration: public keys only, tuned windows, idle limit = `-deadline`.

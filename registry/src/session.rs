@@ -354,13 +354,17 @@ impl russh::server::Handler for Connection {
             let _ = handle.exit_status_request(channel, 0).await;
             let _ = handle.eof(channel).await;
         };
-        let ending =
-            crate::sftp::Ending::new(before_close, self.shared.idle_limit, self.stuck.clone());
+        let cx = crate::sftp::Context::new(
+            before_close,
+            self.shared.idle_limit,
+            self.stuck.clone(),
+            Arc::clone(&self.shared.sftp_queue),
+        );
         match role {
-            Role::Operator => self.spawn(crate::sftp::operator::serve_then(
-                stream, store, actor, ending,
-            )),
-            Role::Service => self.spawn(crate::sftp::service::serve_then(stream, store, ending)),
+            Role::Operator => {
+                self.spawn(crate::sftp::operator::serve_then(stream, store, actor, cx))
+            }
+            Role::Service => self.spawn(crate::sftp::service::serve_then(stream, store, cx)),
         }
         Ok(())
     }
@@ -749,6 +753,7 @@ mod tests {
             token: tokio_util::sync::CancellationToken::new(),
             tracker: tokio_util::task::TaskTracker::new(),
             idle_limit: Some(Duration::from_secs(30)),
+            sftp_queue: crate::sftp::stream::total_budget(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -18,11 +18,13 @@ pub mod service;
 pub mod stream;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use russh_sftp::protocol::{ExtendedReply, Packet, StatusCode, Version};
 use russh_sftp::server::StatusReply;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::StoreError;
@@ -69,43 +71,58 @@ fn extended(id: u32, request: &str) -> Result<Packet, StatusReply> {
 /// ([`server::Ended::Stuck`]); `-deadline` when that is shorter.
 const STALL_LIMIT: Duration = Duration::from_secs(60);
 
-/// How the session code wants an SFTP session to end.
-pub struct Ending<F> {
+/// What the connection gives an SFTP session besides its stream.
+pub struct Context<F> {
     /// Runs after the session ended, while the channel is still open (exit-status, EOF).
     pub before_close: F,
     /// See [`server::Ended::Stuck`].
     pub stall_limit: Duration,
     /// Cancelled when the session was stuck: the connection is to be dropped.
     pub stuck: CancellationToken,
+    /// The room for queued requests that all sessions share ([`stream::total_budget`]).
+    pub total_budget: Arc<Semaphore>,
 }
 
-impl<F> Ending<F> {
-    /// `before_close`, and the stall limit for an idle limit of `idle_limit`.
+impl<F> Context<F> {
+    /// `before_close`, the stall limit for an idle limit of `idle_limit`, and the server's
+    /// `stuck` token and `total_budget`.
     pub fn new(
         before_close: F,
         idle_limit: Option<Duration>,
         stuck: CancellationToken,
-    ) -> Ending<F> {
-        Ending {
+        total_budget: Arc<Semaphore>,
+    ) -> Context<F> {
+        Context {
             before_close,
             stall_limit: idle_limit.map_or(STALL_LIMIT, |d| d.min(STALL_LIMIT)),
             stuck,
+            total_budget,
         }
+    }
+
+    /// A session on its own: no idle limit, nobody to tell it was stuck, room of its own.
+    pub fn alone(before_close: F) -> Context<F> {
+        Context::new(
+            before_close,
+            None,
+            CancellationToken::new(),
+            stream::total_budget(),
+        )
     }
 }
 
 /// Runs `handler` on `stream` (decoupled) until the client ends the session; then runs
 /// `before_close` while the stream is still open, and closes it. The handler is dropped first,
 /// which finishes what it holds (open uploads).
-async fn run<S, H, F>(stream: S, handler: H, ending: Ending<F>)
+async fn run<S, H, F>(stream: S, handler: H, cx: Context<F>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
     H: server::View,
     F: Future<Output = ()>,
 {
-    let (stream, reader) = stream::decoupled_parts(stream);
+    let (stream, reader) = stream::decoupled_parts(stream, cx.total_budget);
     let (input, output) = stream.into_inner();
-    let ended = server::serve(input, output, handler, MAX_PACKET, ending.stall_limit).await;
+    let ended = server::serve(input, output, handler, MAX_PACKET, cx.stall_limit).await;
     // The reader task ends once the loop dropped the queue; the read half it returns keeps the
     // channel open for `before_close`.
     let read_half = reader.await;
@@ -113,10 +130,10 @@ where
         // Dropping the channel unblocks russh's session loop, which waits to queue more of
         // it; `before_close` would wait on that loop, and the client would not read it.
         drop(read_half);
-        ending.stuck.cancel();
+        cx.stuck.cancel();
         return;
     }
-    ending.before_close.await;
+    cx.before_close.await;
     drop(read_half);
 }
 

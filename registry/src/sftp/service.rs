@@ -40,27 +40,22 @@ const READDIR_BATCH: usize = 128;
 // The frozen entry point; the session code uses `serve_then` (exit-status before close).
 #[allow(dead_code)]
 pub async fn serve(stream: ChannelStream<Msg>, store: Store) {
-    serve_on(
-        stream,
-        store,
-        super::Ending::new(async {}, None, Default::default()),
-    )
-    .await;
+    serve_on(stream, store, super::Context::alone(async {})).await;
 }
 
-/// Like [`serve`], ending as `ending` says: its `before_close` runs after the session ended
+/// Like [`serve`], in the connection's context `cx`: its `before_close` runs after the session ended
 /// and before the channel closes, the place to send `exit-status` 0 as sshd does, which `scp`
 /// (SFTP mode) requires to report success.
 pub async fn serve_then(
     stream: ChannelStream<Msg>,
     store: Store,
-    ending: super::Ending<impl Future<Output = ()> + Send>,
+    cx: super::Context<impl Future<Output = ()> + Send>,
 ) {
-    serve_on(stream, store, ending).await;
+    serve_on(stream, store, cx).await;
 }
 
 /// [`serve_then`] on any stream (tests drive it over an in-memory pipe).
-pub async fn serve_on<S, F>(stream: S, store: Store, ending: super::Ending<F>)
+pub async fn serve_on<S, F>(stream: S, store: Store, cx: super::Context<F>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
     F: Future<Output = ()>,
@@ -70,7 +65,7 @@ where
         handles: HashMap::new(),
         next_handle: 0,
     };
-    super::run(stream, handler, ending).await;
+    super::run(stream, handler, cx).await;
 }
 
 struct Service {

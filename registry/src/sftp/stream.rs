@@ -9,8 +9,8 @@
 //! Here a task keeps reading the channel into our own queue whatever the SFTP loop is doing, so
 //! russh's session loop never blocks on us. It queues whole SFTP packets, each read into a
 //! buffer of its size: a 255 KiB WRITE reaches the upload without another copy, and wakes the
-//! SFTP loop once rather than once per SSH packet. The queue holds at most [`QUEUE_CAP`] bytes; past
-//! that the reader waits for the SFTP loop to consume. Only request bytes count, and requests
+//! SFTP loop once rather than once per SSH packet. The queue holds at most [`QUEUE_CAP`] bytes, and
+//! all queues together [`TOTAL_QUEUE_CAP`]; past that the reader waits for the SFTP loop to consume. Only request bytes count, and requests
 //! other than WRITE are tens of bytes, so the cap is reached only by writes, whose replies are
 //! tiny and never wait for window: pausing then cannot close the cycle above.
 
@@ -28,6 +28,15 @@ use tokio::task::JoinHandle;
 /// Most request bytes read from the channel but not yet consumed by the SFTP loop.
 pub const QUEUE_CAP: usize = 64 << 20;
 
+/// Most request bytes queued by all SFTP sessions together: without it, every connection's
+/// every channel could hold [`QUEUE_CAP`] (256 × 8 × 64 MiB at the default `-maxconn`).
+pub const TOTAL_QUEUE_CAP: usize = 256 << 20;
+
+/// The room all sessions share, [`TOTAL_QUEUE_CAP`] bytes: one per server.
+pub fn total_budget() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(TOTAL_QUEUE_CAP))
+}
+
 /// Largest piece the reader queues at once: our largest SFTP packet with its length field.
 /// Packets up to this size are queued whole, in one buffer, so that
 /// [`QueueReader::next_packet`] hands them out without copying. The length field of a longer
@@ -43,25 +52,38 @@ pub type Decoupled<S> = Join<QueueReader, WriteHalf<S>>;
 /// Also returns that task: it ends once the channel reached EOF or the returned stream was
 /// dropped, and hands back the read half. Holding that half keeps the underlying stream (the
 /// SSH channel) open, for a last message before it closes; dropping it closes the stream.
-pub fn decoupled_parts<S>(stream: S) -> (Decoupled<S>, JoinHandle<ReadHalf<S>>)
+///
+/// The queue holds at most [`QUEUE_CAP`] bytes, and takes them from `total` too (see
+/// [`total_budget`]).
+pub fn decoupled_parts<S>(
+    stream: S,
+    total: Arc<Semaphore>,
+) -> (Decoupled<S>, JoinHandle<ReadHalf<S>>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    decoupled_with_cap(stream, QUEUE_CAP)
+    decoupled_with_cap(stream, QUEUE_CAP, total)
 }
 
-fn decoupled_with_cap<S>(stream: S, cap: usize) -> (Decoupled<S>, JoinHandle<ReadHalf<S>>)
+fn decoupled_with_cap<S>(
+    stream: S,
+    cap: usize,
+    total: Arc<Semaphore>,
+) -> (Decoupled<S>, JoinHandle<ReadHalf<S>>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read_half, write_half) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
-    let budget = Arc::new(Semaphore::new(cap));
+    let budget = Budget {
+        own: Arc::new(Semaphore::new(cap)),
+        total,
+    };
     let full = Arc::new(AtomicBool::new(false));
     let reader = tokio::spawn(drain(
         read_half,
         tx,
-        Arc::clone(&budget),
+        budget.clone(),
         Arc::clone(&full),
         cap.min(FRAME_MAX),
     ));
@@ -85,7 +107,7 @@ where
 async fn drain<R: AsyncRead + Unpin>(
     mut read_half: R,
     tx: mpsc::UnboundedSender<Bytes>,
-    budget: Arc<Semaphore>,
+    budget: Budget,
     full: Arc<AtomicBool>,
     piece: usize,
 ) -> R {
@@ -120,12 +142,10 @@ async fn drain<R: AsyncRead + Unpin>(
         if !buf.is_empty() {
             // `buf.len() <= piece <= cap`: never more than the semaphore holds.
             let permits = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-            if let Ok(p) = budget.try_acquire_many(permits) {
-                p.forget();
-            } else {
+            if !budget.try_take(permits) {
                 full.store(true, Ordering::Relaxed);
                 let acquired = tokio::select! {
-                    p = budget.acquire_many(permits) => p.map(|p| p.forget()).is_ok(),
+                    taken = budget.take(permits) => taken,
                     () = tx.closed() => false,
                 };
                 full.store(false, Ordering::Relaxed);
@@ -160,6 +180,46 @@ async fn read_some<R: AsyncRead + Unpin>(
     }
 }
 
+/// Room for queued bytes, one permit per byte: the session's own and the one all share.
+#[derive(Clone)]
+struct Budget {
+    own: Arc<Semaphore>,
+    total: Arc<Semaphore>,
+}
+
+impl Budget {
+    /// Takes `n` from both at once, or nothing.
+    fn try_take(&self, n: u32) -> bool {
+        let Ok(own) = self.own.try_acquire_many(n) else {
+            return false;
+        };
+        let Ok(total) = self.total.try_acquire_many(n) else {
+            return false;
+        };
+        own.forget();
+        total.forget();
+        true
+    }
+
+    /// Waits for `n` from both; false if a semaphore was closed.
+    async fn take(&self, n: u32) -> bool {
+        let Ok(own) = self.own.acquire_many(n).await else {
+            return false;
+        };
+        let Ok(total) = self.total.acquire_many(n).await else {
+            return false;
+        };
+        own.forget();
+        total.forget();
+        true
+    }
+
+    fn give(&self, n: usize) {
+        self.own.add_permits(n);
+        self.total.add_permits(n);
+    }
+}
+
 /// The read side: the bytes the reader task queued, in order, as SFTP packets
 /// ([`QueueReader::next_packet`]) or as a byte stream (`AsyncRead`); the end when the channel
 /// reached EOF (or failed) and the queue is empty. Reading never fails: a broken channel is
@@ -169,7 +229,7 @@ pub struct QueueReader {
     current: Bytes,
     /// Length of `current` when it was queued: what to give back to `budget` once it is used.
     current_len: usize,
-    budget: Arc<Semaphore>,
+    budget: Budget,
     /// Set while the reader task waits for room: the peer has sent more than the cap holds.
     full: Arc<AtomicBool>,
 }
@@ -179,8 +239,8 @@ pub struct QueueReader {
 pub struct PacketTooLong(pub u32);
 
 impl QueueReader {
-    /// Whether the queue is at its cap and the reader task waits for room: no more of the
-    /// channel is being read, so russh's own queue fills next.
+    /// Whether the reader task waits for room (this queue at its cap, or all of them at
+    /// theirs): no more of the channel is being read, so russh's own queue fills next.
     pub fn is_full(&self) -> bool {
         self.full.load(Ordering::Relaxed)
     }
@@ -242,7 +302,7 @@ impl QueueReader {
 
     fn release_if_used(&mut self) {
         if self.current.is_empty() && self.current_len > 0 {
-            self.budget.add_permits(self.current_len);
+            self.budget.give(self.current_len);
             self.current_len = 0;
         }
     }
@@ -261,7 +321,7 @@ impl AsyncRead for QueueReader {
                 buf.put_slice(&this.current[..n]);
                 this.current.advance(n);
                 if this.current.is_empty() {
-                    this.budget.add_permits(this.current_len);
+                    this.budget.give(this.current_len);
                     this.current_len = 0;
                 }
                 return Poll::Ready(Ok(()));
@@ -285,7 +345,7 @@ mod tests {
     #[tokio::test]
     async fn passes_bytes_in_order_and_ends_at_eof() {
         let (client, server) = tokio::io::duplex(1024);
-        let (mut s, _reader) = decoupled_parts(server);
+        let (mut s, _reader) = decoupled_parts(server, total_budget());
         let (mut cr, mut cw) = tokio::io::split(client);
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let sent = data.clone();
@@ -310,7 +370,7 @@ mod tests {
     async fn drains_without_a_consumer_up_to_the_cap() {
         let (client, server) = tokio::io::duplex(4096);
         let cap = 256 << 10;
-        let (s, _reader) = decoupled_with_cap(server, cap);
+        let (s, _reader) = decoupled_with_cap(server, cap, total_budget());
         let (_cr, mut cw) = tokio::io::split(client);
         // Far more than the duplex buffer: only completes because the task drains it.
         let first = tokio::time::timeout(
@@ -334,10 +394,52 @@ mod tests {
         drop(s);
     }
 
+    /// The room all sessions share bounds them together: once one session's queue holds it
+    /// all, another's reader waits, until the first one's bytes are consumed.
+    #[tokio::test]
+    async fn sessions_share_the_total_cap() {
+        let total = Arc::new(Semaphore::new(64 << 10));
+        let (client_a, server_a) = tokio::io::duplex(4096);
+        let (client_b, server_b) = tokio::io::duplex(4096);
+        let (mut a, _ra) = decoupled_with_cap(server_a, 64 << 10, Arc::clone(&total));
+        let (b, _rb) = decoupled_with_cap(server_b, 64 << 10, Arc::clone(&total));
+        let (_car, mut caw) = tokio::io::split(client_a);
+        let (_cbr, mut cbw) = tokio::io::split(client_b);
+        let fill = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            caw.write_all(&vec![1u8; 64 << 10]),
+        )
+        .await;
+        assert!(fill.is_ok(), "a fills the total cap");
+        let written = tokio::spawn(async move {
+            cbw.write_all(&[2u8; 32 << 10]).await.unwrap();
+            cbw
+        });
+        wait_until(|| b.reader().is_full()).await;
+        assert!(!written.is_finished(), "b's bytes wait for room");
+        let mut buf = vec![0u8; 64 << 10];
+        a.read_exact(&mut buf).await.unwrap();
+        let _cbw = tokio::time::timeout(std::time::Duration::from_secs(5), written)
+            .await
+            .expect("b's bytes are taken once a's are consumed")
+            .unwrap();
+        wait_until(|| !b.reader().is_full()).await;
+    }
+
+    async fn wait_until(cond: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("condition not reached in 5 s");
+    }
+
     #[tokio::test]
     async fn dropping_the_stream_releases_the_read_half() {
         let (client, server) = tokio::io::duplex(64);
-        let (s, reader) = decoupled_parts(server);
+        let (s, reader) = decoupled_parts(server, total_budget());
         drop(s);
         drop(reader.await.unwrap());
         let mut client = client;
@@ -353,7 +455,7 @@ mod tests {
     #[tokio::test]
     async fn packets_are_framed_across_chunks_and_limited() {
         let (client, server) = tokio::io::duplex(1 << 20);
-        let (s, _reader) = decoupled_parts(server);
+        let (s, _reader) = decoupled_parts(server, total_budget());
         let (mut input, _output) = s.into_inner();
         let (_cr, mut cw) = tokio::io::split(client);
         let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();

@@ -27,7 +27,7 @@ async fn operator_session(store: &Store) -> SftpSession {
         server,
         store.clone(),
         Actor::default(),
-        super::Ending::new(async {}, None, Default::default()),
+        super::Context::alone(async {}),
     ));
     SftpSession::new(client).await.expect("sftp init")
 }
@@ -37,7 +37,7 @@ async fn service_session(store: &Store) -> SftpSession {
     tokio::spawn(service::serve_on(
         server,
         store.clone(),
-        super::Ending::new(async {}, None, Default::default()),
+        super::Context::alone(async {}),
     ));
     SftpSession::new(client).await.expect("sftp init")
 }
@@ -183,7 +183,7 @@ impl Raw {
             server,
             store.clone(),
             Actor::default(),
-            super::Ending::new(async {}, None, Default::default()),
+            super::Context::alone(async {}),
         ));
         let mut raw = Raw {
             stream: client,
