@@ -223,6 +223,13 @@ impl Cache {
                 Err(_) => return Err(self.stalled(hash, offset)),
             };
         let mut buf = vec![0u8; CHUNK];
+        // The last chunk handed to `out`, not yet to the unpacker: tokio's File writes in the
+        // background and reports a failure only at the next operation, so a chunk goes on
+        // once its write is done. The unpacker then only sees bytes the cache holds, and a
+        // full disk is reported by whichever of the two met it first, not by a race between
+        // them; the next read overlaps the write all the same.
+        let mut held = vec![0u8; CHUNK];
+        let mut held_len = 0;
         loop {
             let n = match tokio::time::timeout(self.io_timeout, reader.read(&mut buf)).await {
                 Ok(Ok(n)) => n,
@@ -239,21 +246,22 @@ impl Cache {
                     return Err(self.stalled(hash, offset));
                 }
             };
+            if held_len > 0 {
+                out.flush().await.map_err(io_err("cannot write", partial))?;
+                if let Some(t) = &mut tap {
+                    t.send(&held[..held_len]).await;
+                }
+            }
             if n == 0 {
                 break;
             }
-            // tokio's File reports a failed write only at the next operation; waiting for it
-            // here means the unpacker is fed only bytes the cache holds, so a full disk is
-            // reported by whichever of the two met it first, not by a race between them.
             out.write_all(&buf[..n])
                 .await
                 .map_err(io_err("cannot write", partial))?;
-            out.flush().await.map_err(io_err("cannot write", partial))?;
             hasher.update(&buf[..n]);
-            if let Some(t) = &mut tap {
-                t.send(&buf[..n]).await;
-            }
             offset += n as u64;
+            std::mem::swap(&mut buf, &mut held);
+            held_len = n;
         }
         out.flush().await.map_err(io_err("cannot write", partial))?;
         let actual = hasher.finish().to_hex();
