@@ -9,10 +9,11 @@
 //! Here a task keeps reading the channel into our own queue whatever the SFTP loop is doing, so
 //! russh's session loop never blocks on us. It queues whole SFTP packets, each read into a
 //! buffer of its size: a 255 KiB WRITE reaches the upload without another copy, and wakes the
-//! SFTP loop once rather than once per SSH packet. The queue holds at most [`QUEUE_CAP`] bytes, and
-//! all queues together [`TOTAL_QUEUE_CAP`]; past that the reader waits for the SFTP loop to consume. Only request bytes count, and requests
-//! other than WRITE are tens of bytes, so the cap is reached only by writes, whose replies are
-//! tiny and never wait for window: pausing then cannot close the cycle above.
+//! SFTP loop once rather than once per SSH packet. The queue holds at most [`QUEUE_CAP`] bytes,
+//! and all queues together [`TOTAL_QUEUE_CAP`]; past that the reader waits for the SFTP loop to
+//! consume. Only request bytes count, and requests other than WRITE are tens of bytes, so the
+//! cap is reached only by writes, whose replies are tiny and never wait for window: pausing then
+//! cannot close the cycle above (a client that breaks it on purpose: `server::Ended::Stuck`).
 
 use std::io;
 use std::pin::Pin;
@@ -153,7 +154,8 @@ async fn drain<R: AsyncRead + Unpin>(
                     return read_half;
                 }
             }
-            if tx.send(buf.freeze()).is_err() {
+            if let Err(unsent) = tx.send(buf.freeze()) {
+                budget.give(unsent.0.len());
                 return read_half;
             }
         }
@@ -308,6 +310,20 @@ impl QueueReader {
     }
 }
 
+/// Gives back the room of what was queued but never consumed: the total is shared, and a
+/// session that ends with a full queue (a client cut off for not reading) must not keep it.
+impl Drop for QueueReader {
+    fn drop(&mut self) {
+        self.budget.give(self.current_len);
+        // Closed first, so that the reader task's next send fails (and gives its room back
+        // itself) instead of landing behind this loop.
+        self.rx.close();
+        while let Ok(chunk) = self.rx.try_recv() {
+            self.budget.give(chunk.len());
+        }
+    }
+}
+
 impl AsyncRead for QueueReader {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -424,6 +440,9 @@ mod tests {
             .expect("b's bytes are taken once a's are consumed")
             .unwrap();
         wait_until(|| !b.reader().is_full()).await;
+        // b's 32 KiB stay queued, unconsumed, when b ends: its room comes back all the same.
+        drop(b);
+        wait_until(|| total.available_permits() == 64 << 10).await;
     }
 
     async fn wait_until(cond: impl Fn() -> bool) {
