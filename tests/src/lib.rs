@@ -359,7 +359,6 @@ fn reader(mut r: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
     })
 }
 
-/// Lowercase hex sha256: how the registry names content.
 /// `deploy-agent` in `dir` as the Dewy-source tests run it: test AWS credentials (moto takes
 /// any), and none of the caller's environment that could point it at another cache, endpoint,
 /// profile or GCS emulator (tests set those after, where they need them).
@@ -421,6 +420,7 @@ pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     v
 }
 
+/// Lowercase hex sha256: how the registry names content.
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
