@@ -3,8 +3,9 @@
 //!
 //! A `Channel<Msg>` has a bounded queue that russh fills with every request and data packet;
 //! left unread it blocks the whole session (spike-russh.md section 10, item 8). So a channel is
-//! held here only until its exec/shell/subsystem starts, at most [`MAX_PENDING_REQUESTS`]
-//! requests, and every started channel is read until it ends.
+//! read from the moment it opens: until its exec/shell/subsystem starts (at most
+//! [`MAX_PENDING_REQUESTS`] requests), by a task that drops what the client sends on it
+//! ([`Unstarted`]), then by whatever serves it, until it ends.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,10 +37,73 @@ struct Pty {
 }
 
 struct PendingChannel {
-    channel: Option<Channel<Msg>>,
+    channel: Option<Unstarted>,
     pty: Option<Pty>,
     started: bool,
     requests: u32,
+}
+
+/// A channel open but not started, read by a task that drops what arrives on it: a client
+/// has no business sending data before its request is answered (OpenSSH does not), and
+/// unread, a few such messages (russh's `channel_buffer_size`) would block the session.
+struct Unstarted {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Channel<Msg>>,
+}
+
+impl Unstarted {
+    fn watch(mut channel: Channel<Msg>) -> Unstarted {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut dropped = 0;
+            let discard = async {
+                while let Some(msg) = channel.wait().await {
+                    dropped += data_len(&msg);
+                }
+            };
+            // Also ends when the connection (holding `stop`) is gone.
+            tokio::select! {
+                biased;
+                _ = stopped => {}
+                () = discard => {}
+            }
+            dropped += drop_queued(&mut channel);
+            if dropped > 0 {
+                tracing::debug!(
+                    bytes = dropped,
+                    "data sent before the channel started: dropped"
+                );
+            }
+            channel
+        });
+        Unstarted { stop, task }
+    }
+
+    /// Stops the task and hands the channel over. Called from the request's handler, while
+    /// russh's session loop queues nothing more, so that what is dropped is exactly what
+    /// came before the request.
+    async fn take(self) -> Option<Channel<Msg>> {
+        let _ = self.stop.send(());
+        self.task.await.ok()
+    }
+}
+
+/// Drops the messages already queued on `channel`, without waiting for more; returns the
+/// bytes of data among them.
+fn drop_queued(channel: &mut Channel<Msg>) -> usize {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut dropped = 0;
+    while let std::task::Poll::Ready(Some(msg)) = std::pin::pin!(channel.wait()).poll(&mut cx) {
+        dropped += data_len(&msg);
+    }
+    dropped
+}
+
+fn data_len(msg: &ChannelMsg) -> usize {
+    match msg {
+        ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => data.len(),
+        _ => 0,
+    }
 }
 
 /// The russh handler of one connection.
@@ -80,14 +144,15 @@ impl Connection {
     }
 
     /// Takes the channel for a request that starts it, if the request may start it.
-    fn start(&mut self, id: ChannelId) -> Option<(Channel<Msg>, Option<Pty>)> {
+    async fn start(&mut self, id: ChannelId) -> Option<(Channel<Msg>, Option<Pty>)> {
         let pending = self.channels.get_mut(&id)?;
         if pending.started {
             return None;
         }
-        let channel = pending.channel.take()?;
+        let unstarted = pending.channel.take()?;
         pending.started = true;
-        Some((channel, pending.pty))
+        let pty = pending.pty;
+        Some((unstarted.take().await?, pty))
     }
 
     /// Refuses a request; a channel that only collects refused requests is closed.
@@ -215,7 +280,7 @@ impl russh::server::Handler for Connection {
         self.channels.insert(
             channel.id(),
             PendingChannel {
-                channel: Some(channel),
+                channel: Some(Unstarted::watch(channel)),
                 pty: None,
                 started: false,
                 requests: 0,
@@ -298,7 +363,7 @@ impl russh::server::Handler for Connection {
         if self.role() != Some(Role::Operator) {
             return self.refuse(channel, session);
         }
-        let Some((ch, pty)) = self.start(channel) else {
+        let Some((ch, pty)) = self.start(channel).await else {
             return self.refuse(channel, session);
         };
         session.channel_success(channel)?;
@@ -317,7 +382,7 @@ impl russh::server::Handler for Connection {
         if self.role() != Some(Role::Operator) || data.is_empty() {
             return self.refuse(channel, session);
         }
-        let Some((ch, pty)) = self.start(channel) else {
+        let Some((ch, pty)) = self.start(channel).await else {
             return self.refuse(channel, session);
         };
         session.channel_success(channel)?;
@@ -340,7 +405,7 @@ impl russh::server::Handler for Connection {
             return self.refuse(channel, session);
         }
         // One SFTP server per channel (B23).
-        let Some((ch, _)) = self.start(channel) else {
+        let Some((ch, _)) = self.start(channel).await else {
             return self.refuse(channel, session);
         };
         session.channel_success(channel)?;
@@ -937,6 +1002,47 @@ mod tests {
             tokio::net::TcpStream::connect(h.addr).await.is_err(),
             "listener closed"
         );
+    }
+
+    /// Data on a channel before the request that starts it: russh queues it for the channel,
+    /// and with nobody reading, a full queue blocked the whole session for good (not even
+    /// `-deadline` fired), holding a `-maxconn` slot. Any key could do it, a service key too.
+    #[tokio::test]
+    async fn data_before_the_request_is_dropped() {
+        let mut h = start().await;
+        let session = login(&h, "deploy-agent", &h.srv.clone()).await;
+        let mut flooded = session.channel_open_session().await.unwrap();
+        // Far more messages than russh queues per channel, far less than the window.
+        for _ in 0..1000 {
+            flooded.data(&[0xffu8; 512][..]).await.unwrap();
+        }
+        // The channel starts: its SFTP server never sees the data sent before the request
+        // (it would take 0xffffffff for a packet length and end the session at once).
+        flooded.request_subsystem(true, "sftp").await.unwrap();
+        // The session still serves a second channel...
+        let mut other =
+            tokio::time::timeout(Duration::from_secs(10), session.channel_open_session())
+                .await
+                .expect("the session is blocked")
+                .unwrap();
+        other.request_subsystem(true, "sftp").await.unwrap();
+        assert!(reply(&mut other).await, "sftp accepted");
+        // ...and the flooded one.
+        assert!(reply(&mut flooded).await, "sftp accepted");
+        flooded
+            .data(&[0, 0, 0, 5, 1, 0, 0, 0, 3][..])
+            .await
+            .unwrap();
+        let version = tokio::time::timeout(Duration::from_secs(5), flooded.wait())
+            .await
+            .expect("no VERSION");
+        assert!(
+            matches!(&version, Some(ChannelMsg::Data { data }) if data.get(4) == Some(&2)),
+            "{version:?}"
+        );
+        flooded.eof().await.unwrap();
+        assert_eq!(output(&mut flooded).await.1, Some(0));
+        drop(h.stop.take());
     }
 
     #[tokio::test]
