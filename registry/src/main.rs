@@ -117,7 +117,7 @@ async fn run(options: cli::Options) -> anyhow::Result<ExitCode> {
         token: token.clone(),
         tracker,
         idle_limit: options.deadline,
-        sftp_queue: sftp::stream::total_budget(),
+        input_room: server::input_room(),
     });
     let config = Arc::new(server::ssh_config(host_key, options.deadline));
     let stop = stop_signal(keyring)?;

@@ -24,6 +24,18 @@ use crate::keys::Keyring;
 use crate::session::Connection;
 use crate::store::Store;
 
+/// Most client input waiting to be served, all sessions together: SFTP requests (at most
+/// [`crate::sftp::stream::QUEUE_CAP`] per session) and console input (at most 8 MiB per
+/// shell). Without it, every channel of every connection could hold its own cap (256 × 8 ×
+/// 64 MiB at the default `-maxconn`).
+pub const TOTAL_INPUT_CAP: usize = 256 << 20;
+
+/// The room for waiting input that all sessions share, [`TOTAL_INPUT_CAP`] bytes, one
+/// permit per byte: one per server.
+pub fn input_room() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(TOTAL_INPUT_CAP))
+}
+
 /// Time allowed from accept to successful authentication (the original's 20 s deadline).
 pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(20);
 
@@ -37,9 +49,8 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// `-deadline`: the idle limit, `None` for none.
     pub idle_limit: Option<Duration>,
-    /// The room for queued SFTP requests all sessions share
-    /// ([`crate::sftp::stream::total_budget`]).
-    pub sftp_queue: Arc<Semaphore>,
+    /// The room for waiting input all sessions share ([`input_room`]).
+    pub input_room: Arc<Semaphore>,
 }
 
 /// The russh configuration: public keys only, tuned windows, idle limit = `-deadline`.

@@ -423,7 +423,7 @@ impl russh::server::Handler for Connection {
             before_close,
             self.shared.idle_limit,
             self.stuck.clone(),
-            Arc::clone(&self.shared.sftp_queue),
+            Arc::clone(&self.shared.input_room),
         );
         match role {
             Role::Operator => {
@@ -546,6 +546,53 @@ async fn finish(
 /// Input waiting for the shell, past which the session ends (see [`read_input`]).
 const MAX_QUEUED_INPUT: usize = 8 << 20;
 
+/// Console input read but not yet consumed by the shell: at most [`MAX_QUEUED_INPUT`] for
+/// this shell, and taken from the room for waiting input that all sessions share
+/// ([`crate::server::input_room`]). Whatever is still taken when the last holder (the reader
+/// task or the shell) goes is given back to the shared room.
+struct WaitingInput {
+    queued: AtomicUsize,
+    shared: Arc<tokio::sync::Semaphore>,
+}
+
+impl WaitingInput {
+    fn new(shared: Arc<tokio::sync::Semaphore>) -> WaitingInput {
+        WaitingInput {
+            queued: AtomicUsize::new(0),
+            shared,
+        }
+    }
+
+    /// Takes room for `n` more bytes, waiting while the shared room is taken by others (as
+    /// SFTP sessions do); false if this shell would be over its own limit. Only the reader
+    /// task takes, so the check cannot race with another taker.
+    async fn take(&self, n: usize) -> bool {
+        if self.queued.load(Ordering::Acquire) + n > MAX_QUEUED_INPUT {
+            return false;
+        }
+        // `n` <= MAX_QUEUED_INPUT here, far below u32::MAX; the semaphore is never closed.
+        let Ok(permits) = self.shared.acquire_many(n as u32).await else {
+            return false;
+        };
+        // No await from here on: a reader cancelled meanwhile cannot lose the count.
+        permits.forget();
+        self.queued.fetch_add(n, Ordering::AcqRel);
+        true
+    }
+
+    /// The shell consumed `n` bytes.
+    fn give(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+        self.shared.add_permits(n);
+    }
+}
+
+impl Drop for WaitingInput {
+    fn drop(&mut self) {
+        self.shared.add_permits(*self.queued.get_mut());
+    }
+}
+
 /// What the shell gets from its channel.
 enum Input {
     Data(bytes::Bytes),
@@ -558,12 +605,12 @@ enum Input {
 /// Reads the shell's channel on a task of its own, whatever the shell is doing. Left unread
 /// while a command runs, russh's queue for the channel fills (piped input of a few MB does it)
 /// and then blocks the whole session, including the sending of that command's output: the
-/// console hung for good. Input waiting here is bounded by [`MAX_QUEUED_INPUT`] (`queued`
-/// counts it, the shell gives it back as it consumes); past it the shell is told once and the
-/// rest is discarded, still read so that the session can send its last words.
+/// console hung for good. Input waiting here is bounded (see [`WaitingInput`]); past this
+/// shell's limit the shell is told once and the rest is discarded, still read so that the
+/// session can send its last words.
 fn read_input(
     mut reader: russh::ChannelReadHalf,
-    queued: Arc<AtomicUsize>,
+    waiting: Arc<WaitingInput>,
 ) -> (
     tokio::sync::mpsc::UnboundedReceiver<Input>,
     tokio::task::JoinHandle<()>,
@@ -575,12 +622,11 @@ fn read_input(
             let input = match msg {
                 ChannelMsg::Data { .. } if overflowed => continue,
                 ChannelMsg::Data { data } => {
-                    let waiting = queued.fetch_add(data.len(), Ordering::AcqRel) + data.len();
-                    if waiting > MAX_QUEUED_INPUT {
+                    if waiting.take(data.len()).await {
+                        Input::Data(data)
+                    } else {
                         overflowed = true;
                         Input::Overflow
-                    } else {
-                        Input::Data(data)
                     }
                 }
                 ChannelMsg::WindowChange { col_width, .. } => Input::Width(col_width),
@@ -598,9 +644,9 @@ fn read_input(
 /// Interactive console: line editor over a pty, or one command per LF-terminated line without.
 async fn run_shell(channel: Channel<Msg>, console: Console, pty: Option<Pty>) {
     let (reader, writer) = channel.split();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let (mut input, reading) = read_input(reader, Arc::clone(&queued));
-    let status = shell_loop(&writer, &mut input, &queued, &console, pty).await;
+    let waiting = Arc::new(WaitingInput::new(Arc::clone(&console.shared.input_room)));
+    let (mut input, reading) = read_input(reader, Arc::clone(&waiting));
+    let status = shell_loop(&writer, &mut input, &waiting, &console, pty).await;
     let _ = writer.exit_status(status).await;
     let _ = writer.eof().await;
     let _ = writer.close().await;
@@ -610,7 +656,7 @@ async fn run_shell(channel: Channel<Msg>, console: Console, pty: Option<Pty>) {
 async fn shell_loop(
     channel: &russh::ChannelWriteHalf<Msg>,
     input: &mut tokio::sync::mpsc::UnboundedReceiver<Input>,
-    queued: &AtomicUsize,
+    waiting: &WaitingInput,
     console: &Console,
     pty: Option<Pty>,
 ) -> u32 {
@@ -647,7 +693,7 @@ async fn shell_loop(
                         step
                     }
                 };
-                queued.fetch_sub(data.len(), Ordering::AcqRel);
+                waiting.give(data.len());
                 step
             }
             Input::Width(cols) => {
@@ -787,6 +833,7 @@ mod tests {
 
     struct Harness {
         addr: SocketAddr,
+        shared: Arc<Shared>,
         op: Arc<PrivateKey>,
         srv: Arc<PrivateKey>,
         stop: Option<oneshot::Sender<()>>,
@@ -818,7 +865,7 @@ mod tests {
             token: tokio_util::sync::CancellationToken::new(),
             tracker: tokio_util::task::TaskTracker::new(),
             idle_limit: Some(Duration::from_secs(30)),
-            sftp_queue: crate::sftp::stream::total_budget(),
+            input_room: server::input_room(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -827,7 +874,7 @@ mod tests {
         let server = tokio::spawn(server::run(
             listener,
             config,
-            shared,
+            Arc::clone(&shared),
             8,
             Duration::from_secs(2),
             async {
@@ -836,6 +883,7 @@ mod tests {
         ));
         Harness {
             addr,
+            shared,
             op: Arc::new(op),
             srv: Arc::new(srv),
             stop: Some(tx),
@@ -977,6 +1025,57 @@ mod tests {
         assert_eq!(out, "name should be set\nconfiguration \"x\" not found\n");
         assert_eq!(status, Some(0));
         drop(h.stop.take());
+    }
+
+    /// Console input waiting for the shell takes from the room all sessions share: it waits
+    /// while others hold that room (rather than closing the console), and gives it back.
+    #[tokio::test]
+    async fn console_input_waits_for_the_shared_room() {
+        let mut h = start().await;
+        let room = Arc::clone(&h.shared.input_room);
+        let session = login(&h, "alice", &h.op.clone()).await;
+        let mut ch = session.channel_open_session().await.unwrap();
+        ch.request_shell(true).await.unwrap();
+        assert!(reply(&mut ch).await);
+        let all = u32::try_from(server::TOTAL_INPUT_CAP).unwrap();
+        let held = Arc::clone(&room).acquire_many_owned(all).await.unwrap();
+        ch.data(&b"showconf\n"[..]).await.unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(300), ch.wait()).await;
+        assert!(early.is_err(), "served without room: {early:?}");
+        drop(held);
+        ch.eof().await.unwrap();
+        let (out, status, _) = output(&mut ch).await;
+        assert_eq!((out.as_str(), status), ("name should be set\n", Some(0)));
+        // Everything is given back once the console is over.
+        let whole = std::time::Instant::now();
+        while room.available_permits() != server::TOTAL_INPUT_CAP {
+            assert!(
+                whole.elapsed() < Duration::from_secs(10),
+                "room not given back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(h.stop.take());
+    }
+
+    #[tokio::test]
+    async fn waiting_input_is_counted_and_given_back() {
+        let shared = Arc::new(tokio::sync::Semaphore::new(100));
+        let waiting = WaitingInput::new(Arc::clone(&shared));
+        assert!(waiting.take(60).await);
+        assert_eq!(shared.available_permits(), 40);
+        // Not enough shared room: it waits, and a wait given up takes nothing.
+        let short = tokio::time::timeout(Duration::from_millis(100), waiting.take(60)).await;
+        assert!(short.is_err());
+        assert_eq!(shared.available_permits(), 40);
+        waiting.give(50);
+        assert!(waiting.take(80).await);
+        assert_eq!(shared.available_permits(), 10);
+        // Past this shell's own limit: refused at once, whatever the shared room.
+        assert!(!waiting.take(MAX_QUEUED_INPUT).await);
+        // What is still taken goes back when the last holder goes.
+        drop(waiting);
+        assert_eq!(shared.available_permits(), 100);
     }
 
     #[tokio::test]

@@ -79,7 +79,7 @@ pub struct Context<F> {
     pub stall_limit: Duration,
     /// Cancelled when the session was stuck: the connection is to be dropped.
     pub stuck: CancellationToken,
-    /// The room for queued requests that all sessions share ([`stream::total_budget`]).
+    /// The room for waiting input that all sessions share ([`crate::server::input_room`]).
     pub total_budget: Arc<Semaphore>,
 }
 
@@ -106,7 +106,7 @@ impl<F> Context<F> {
             before_close,
             None,
             CancellationToken::new(),
-            stream::total_budget(),
+            crate::server::input_room(),
         )
     }
 }

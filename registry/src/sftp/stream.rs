@@ -10,7 +10,7 @@
 //! russh's session loop never blocks on us. It queues whole SFTP packets, each read into a
 //! buffer of its size: a 255 KiB WRITE reaches the upload without another copy, and wakes the
 //! SFTP loop once rather than once per SSH packet. The queue holds at most [`QUEUE_CAP`] bytes,
-//! and all queues together [`TOTAL_QUEUE_CAP`]; past that the reader waits for the SFTP loop to
+//! and all queues together [`crate::server::TOTAL_INPUT_CAP`]; past that the reader waits for the SFTP loop to
 //! consume. Only request bytes count, and requests other than WRITE are tens of bytes, so the
 //! cap is reached only by writes, whose replies are tiny and never wait for window: pausing then
 //! cannot close the cycle above (a client that breaks it on purpose: `server::Ended::Stuck`).
@@ -29,15 +29,6 @@ use tokio::task::JoinHandle;
 /// Most request bytes read from the channel but not yet consumed by the SFTP loop.
 pub const QUEUE_CAP: usize = 64 << 20;
 
-/// Most request bytes queued by all SFTP sessions together: without it, every connection's
-/// every channel could hold [`QUEUE_CAP`] (256 × 8 × 64 MiB at the default `-maxconn`).
-pub const TOTAL_QUEUE_CAP: usize = 256 << 20;
-
-/// The room all sessions share, [`TOTAL_QUEUE_CAP`] bytes: one per server.
-pub fn total_budget() -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(TOTAL_QUEUE_CAP))
-}
-
 /// Largest piece the reader queues at once: our largest SFTP packet with its length field.
 /// Packets up to this size are queued whole, in one buffer, so that
 /// [`QueueReader::next_packet`] hands them out without copying. The length field of a longer
@@ -55,7 +46,7 @@ pub type Decoupled<S> = Join<QueueReader, WriteHalf<S>>;
 /// SSH channel) open, for a last message before it closes; dropping it closes the stream.
 ///
 /// The queue holds at most [`QUEUE_CAP`] bytes, and takes them from `total` too (see
-/// [`total_budget`]).
+/// [`crate::server::input_room`]).
 pub fn decoupled_parts<S>(
     stream: S,
     total: Arc<Semaphore>,
@@ -361,7 +352,7 @@ mod tests {
     #[tokio::test]
     async fn passes_bytes_in_order_and_ends_at_eof() {
         let (client, server) = tokio::io::duplex(1024);
-        let (mut s, _reader) = decoupled_parts(server, total_budget());
+        let (mut s, _reader) = decoupled_parts(server, crate::server::input_room());
         let (mut cr, mut cw) = tokio::io::split(client);
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let sent = data.clone();
@@ -386,7 +377,7 @@ mod tests {
     async fn drains_without_a_consumer_up_to_the_cap() {
         let (client, server) = tokio::io::duplex(4096);
         let cap = 256 << 10;
-        let (s, _reader) = decoupled_with_cap(server, cap, total_budget());
+        let (s, _reader) = decoupled_with_cap(server, cap, crate::server::input_room());
         let (_cr, mut cw) = tokio::io::split(client);
         // Far more than the duplex buffer: only completes because the task drains it.
         let first = tokio::time::timeout(
@@ -458,7 +449,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_the_stream_releases_the_read_half() {
         let (client, server) = tokio::io::duplex(64);
-        let (s, reader) = decoupled_parts(server, total_budget());
+        let (s, reader) = decoupled_parts(server, crate::server::input_room());
         drop(s);
         drop(reader.await.unwrap());
         let mut client = client;
@@ -474,7 +465,7 @@ mod tests {
     #[tokio::test]
     async fn packets_are_framed_across_chunks_and_limited() {
         let (client, server) = tokio::io::duplex(1 << 20);
-        let (s, _reader) = decoupled_parts(server, total_budget());
+        let (s, _reader) = decoupled_parts(server, crate::server::input_room());
         let (mut input, _output) = s.into_inner();
         let (_cr, mut cw) = tokio::io::split(client);
         let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
