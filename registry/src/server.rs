@@ -36,6 +36,14 @@ pub fn input_room() -> Arc<Semaphore> {
     Arc::new(Semaphore::new(TOTAL_INPUT_CAP))
 }
 
+/// How long input may wait for room in [`input_room`], and an SFTP reply for window while
+/// the client's requests fill our queue ([`crate::sftp::server::Ended::Stuck`]): `-deadline`
+/// (the idle limit), at most a minute. Past it the session is ended.
+pub fn stall_limit(idle_limit: Option<Duration>) -> Duration {
+    const MOST: Duration = Duration::from_secs(60);
+    idle_limit.map_or(MOST, |d| d.min(MOST))
+}
+
 /// Time allowed from accept to successful authentication (the original's 20 s deadline).
 pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(20);
 

@@ -553,31 +553,46 @@ const MAX_QUEUED_INPUT: usize = 8 << 20;
 struct WaitingInput {
     queued: AtomicUsize,
     shared: Arc<tokio::sync::Semaphore>,
+    /// How long to wait for the shared room ([`crate::server::stall_limit`]).
+    patience: Duration,
+}
+
+/// Why input was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoRoom {
+    /// This shell has [`MAX_QUEUED_INPUT`] waiting.
+    Own,
+    /// The room all sessions share stayed taken by others for the whole stall limit.
+    Shared,
 }
 
 impl WaitingInput {
-    fn new(shared: Arc<tokio::sync::Semaphore>) -> WaitingInput {
+    fn new(shared: Arc<tokio::sync::Semaphore>, patience: Duration) -> WaitingInput {
         WaitingInput {
             queued: AtomicUsize::new(0),
             shared,
+            patience,
         }
     }
 
-    /// Takes room for `n` more bytes, waiting while the shared room is taken by others (as
-    /// SFTP sessions do); false if this shell would be over its own limit. Only the reader
-    /// task takes, so the check cannot race with another taker.
-    async fn take(&self, n: usize) -> bool {
+    /// Takes room for `n` more bytes. Waits while others hold the shared room (SFTP sessions
+    /// do the same), but not forever: while this reader waits, russh's queue for the channel
+    /// fills and the whole connection stops, its other sessions too, and those may be the
+    /// ones holding the room. Only the reader task takes, so the own-limit check cannot race
+    /// with another taker.
+    async fn take(&self, n: usize) -> Result<(), NoRoom> {
         if self.queued.load(Ordering::Acquire) + n > MAX_QUEUED_INPUT {
-            return false;
+            return Err(NoRoom::Own);
         }
-        // `n` <= MAX_QUEUED_INPUT here, far below u32::MAX; the semaphore is never closed.
-        let Ok(permits) = self.shared.acquire_many(n as u32).await else {
-            return false;
+        // `n` <= MAX_QUEUED_INPUT here, far below u32::MAX.
+        let wait = self.shared.acquire_many(n as u32);
+        let Ok(Ok(permits)) = tokio::time::timeout(self.patience, wait).await else {
+            return Err(NoRoom::Shared);
         };
         // No await from here on: a reader cancelled meanwhile cannot lose the count.
         permits.forget();
         self.queued.fetch_add(n, Ordering::AcqRel);
-        true
+        Ok(())
     }
 
     /// The shell consumed `n` bytes.
@@ -598,8 +613,8 @@ enum Input {
     Data(bytes::Bytes),
     Width(u32),
     End,
-    /// More than [`MAX_QUEUED_INPUT`] bytes were waiting.
-    Overflow,
+    /// More input than there was room for.
+    Overflow(NoRoom),
 }
 
 /// Reads the shell's channel on a task of its own, whatever the shell is doing. Left unread
@@ -621,14 +636,13 @@ fn read_input(
         while let Some(msg) = reader.wait().await {
             let input = match msg {
                 ChannelMsg::Data { .. } if overflowed => continue,
-                ChannelMsg::Data { data } => {
-                    if waiting.take(data.len()).await {
-                        Input::Data(data)
-                    } else {
+                ChannelMsg::Data { data } => match waiting.take(data.len()).await {
+                    Ok(()) => Input::Data(data),
+                    Err(why) => {
                         overflowed = true;
-                        Input::Overflow
+                        Input::Overflow(why)
                     }
-                }
+                },
                 ChannelMsg::WindowChange { col_width, .. } => Input::Width(col_width),
                 ChannelMsg::Eof | ChannelMsg::Close => Input::End,
                 _ => continue,
@@ -644,7 +658,10 @@ fn read_input(
 /// Interactive console: line editor over a pty, or one command per LF-terminated line without.
 async fn run_shell(channel: Channel<Msg>, console: Console, pty: Option<Pty>) {
     let (reader, writer) = channel.split();
-    let waiting = Arc::new(WaitingInput::new(Arc::clone(&console.shared.input_room)));
+    let waiting = Arc::new(WaitingInput::new(
+        Arc::clone(&console.shared.input_room),
+        crate::server::stall_limit(console.shared.idle_limit),
+    ));
     let (mut input, reading) = read_input(reader, Arc::clone(&waiting));
     let status = shell_loop(&writer, &mut input, &waiting, &console, pty).await;
     let _ = writer.exit_status(status).await;
@@ -709,13 +726,19 @@ async fn shell_loop(
                 }
                 _ => Step::End(0),
             },
-            Input::Overflow => {
-                let text = format!(
-                    "more than {} MiB of input waiting: closing the console\n",
-                    MAX_QUEUED_INPUT >> 20
-                );
+            Input::Overflow(why) => {
+                let text = match why {
+                    NoRoom::Own => format!(
+                        "more than {} MiB of input waiting: closing the console\n",
+                        MAX_QUEUED_INPUT >> 20
+                    ),
+                    NoRoom::Shared => {
+                        "the server has too much input waiting: closing the console\n".to_string()
+                    }
+                };
                 tracing::warn!(
-                    "console input over {MAX_QUEUED_INPUT} bytes waiting, session closed"
+                    cause = ?why,
+                    "console input over its room, session closed"
                 );
                 let text = if editor.is_some() {
                     shell::crlf(&text)
@@ -1061,18 +1084,17 @@ mod tests {
     #[tokio::test]
     async fn waiting_input_is_counted_and_given_back() {
         let shared = Arc::new(tokio::sync::Semaphore::new(100));
-        let waiting = WaitingInput::new(Arc::clone(&shared));
-        assert!(waiting.take(60).await);
+        let waiting = WaitingInput::new(Arc::clone(&shared), Duration::from_millis(100));
+        assert_eq!(waiting.take(60).await, Ok(()));
         assert_eq!(shared.available_permits(), 40);
-        // Not enough shared room: it waits, and a wait given up takes nothing.
-        let short = tokio::time::timeout(Duration::from_millis(100), waiting.take(60)).await;
-        assert!(short.is_err());
+        // Not enough shared room: it waits for the stall limit, then gives up, taking nothing.
+        assert_eq!(waiting.take(60).await, Err(NoRoom::Shared));
         assert_eq!(shared.available_permits(), 40);
         waiting.give(50);
-        assert!(waiting.take(80).await);
+        assert_eq!(waiting.take(80).await, Ok(()));
         assert_eq!(shared.available_permits(), 10);
         // Past this shell's own limit: refused at once, whatever the shared room.
-        assert!(!waiting.take(MAX_QUEUED_INPUT).await);
+        assert_eq!(waiting.take(MAX_QUEUED_INPUT).await, Err(NoRoom::Own));
         // What is still taken goes back when the last holder goes.
         drop(waiting);
         assert_eq!(shared.available_permits(), 100);

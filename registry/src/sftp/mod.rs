@@ -67,10 +67,6 @@ fn extended(id: u32, request: &str) -> Result<Packet, StatusReply> {
     Ok(Packet::ExtendedReply(ExtendedReply { id, data }))
 }
 
-/// A reply may wait this long for window while the client's requests fill our queue
-/// ([`server::Ended::Stuck`]); `-deadline` when that is shorter.
-const STALL_LIMIT: Duration = Duration::from_secs(60);
-
 /// What the connection gives an SFTP session besides its stream.
 pub struct Context<F> {
     /// Runs after the session ended, while the channel is still open (exit-status, EOF).
@@ -94,7 +90,7 @@ impl<F> Context<F> {
     ) -> Context<F> {
         Context {
             before_close,
-            stall_limit: idle_limit.map_or(STALL_LIMIT, |d| d.min(STALL_LIMIT)),
+            stall_limit: crate::server::stall_limit(idle_limit),
             stuck,
             total_budget,
         }
