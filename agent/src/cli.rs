@@ -26,6 +26,9 @@ pub struct Options {
     pub key: PathBuf,
     pub name: String,
     pub poll: Duration,
+    /// Longest wait between polls after errors (Dewy's `--poll-backoff-max`; no flag of
+    /// ours).
+    pub max_backoff: Duration,
     /// `None` when `-script ""`.
     pub script: Option<String>,
     pub script_timeout: Option<Duration>,
@@ -220,6 +223,7 @@ pub fn parse(args: &[String]) -> Parse {
         name: p.string(&set, "name"),
         // The original turned a negative interval into 15 s; zero would spin, so it does too.
         poll: dur("poll").unwrap_or(Duration::from_secs(15)),
+        max_backoff: crate::dewy::DEFAULT_MAX_BACKOFF,
         script: (!script.is_empty()).then_some(script),
         script_timeout: dur("script-timeout"),
         state: PathBuf::from(p.string(&set, "state")),

@@ -259,6 +259,57 @@ fn telemetry_serves_status_and_metrics() {
     assert!(dewy.terminate().success());
 }
 
+/// `--poll-backoff-max` (Dewy #481) caps the wait between polls after errors: doubled from
+/// the second failed poll on, never past the cap. (We back off by default, up to 15 min;
+/// Dewy only with this flag.) Read from the waits the agent logs, not timed.
+#[test]
+fn poll_backoff_max_caps_the_wait_after_errors() {
+    // Nothing listens there: every poll fails at once.
+    let registry = format!(
+        "s3://us-east-1/b/p?endpoint=http://127.0.0.1:{}",
+        free_port()
+    );
+    let mut dewy = Dewy::new();
+    dewy.start(&[
+        "assets",
+        "--registry",
+        &registry,
+        "-i",
+        "1",
+        "-l",
+        "debug",
+        "--poll-backoff-max",
+        "3",
+    ]);
+    dewy.wait_for("five failed polls", |d| d.count("next poll in ") >= 5);
+    let log = dewy.log();
+    let waits: Vec<f64> = log
+        .split("next poll in ")
+        .skip(1)
+        .map(|rest| {
+            let text: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '.')
+                .collect();
+            match text.strip_suffix("ms") {
+                Some(ms) => ms.parse::<f64>().unwrap() / 1000.0,
+                None => text.strip_suffix('s').unwrap().parse::<f64>().unwrap(),
+            }
+        })
+        .collect();
+    // ±10 % jitter: 1, 2, then 3 (the cap; 4 and 8 without it).
+    let near = |got: f64, want: f64| (got - want).abs() <= want * 0.1 + 0.001;
+    assert!(
+        near(waits[0], 1.0) && near(waits[1], 2.0),
+        "{waits:?}\n{log}"
+    );
+    assert!(
+        waits[2..5].iter().all(|w| near(*w, 3.0)),
+        "{waits:?}\n{log}"
+    );
+    assert!(dewy.terminate().success());
+}
+
 #[test]
 fn command_line_errors_exit_1_with_a_clear_text() {
     let dewy = Dewy::new();

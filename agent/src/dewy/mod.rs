@@ -103,8 +103,8 @@ struct ScriptBackoff {
     next: Instant,
 }
 
-/// Longest wait between polls after errors.
-const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// Longest wait between polls after errors, unless `--poll-backoff-max` says otherwise.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
 pub struct ReleaseAgent {
     opts: Options,
@@ -198,7 +198,12 @@ impl ReleaseAgent {
             if self.opts.once || self.cancel.is_cancelled() {
                 return ok || self.cancel.is_cancelled();
             }
-            let wait = poll_delay(self.opts.poll, self.failures, retry_after);
+            let wait = poll_delay(
+                self.opts.poll,
+                self.failures,
+                retry_after,
+                self.opts.max_backoff,
+            );
             if !ok {
                 tracing::debug!("next poll in {}", common::goflag::format_duration(wait));
             }
@@ -592,7 +597,8 @@ impl ReleaseAgent {
             Some(b) if b.id == id => b.attempts + 1,
             _ => 1,
         };
-        let delay = poll_delay(self.opts.poll, attempts, None).max(Duration::from_secs(1));
+        let delay = poll_delay(self.opts.poll, attempts, None, self.opts.max_backoff)
+            .max(Duration::from_secs(1));
         tracing::warn!(
             config = id,
             attempts,
@@ -640,15 +646,21 @@ fn dewy_key(release: &Release) -> Option<String> {
     }
 }
 
-/// The poll interval after `failures` failed cycles in a row: doubled per failure up to
-/// [`MAX_BACKOFF`] (never below the interval itself), at least what the server asked for,
-/// ±10 % jitter so a fleet does not poll in step.
-fn poll_delay(poll: Duration, failures: u32, retry_after: Option<Duration>) -> Duration {
+/// The poll interval after `failures` failed cycles in a row: doubled per failure from the
+/// second on, up to `max` (never below the interval itself, so a `max` of 0 is no backoff,
+/// Dewy's `--poll-backoff-max 0`), at least what the server asked for, ±10 % jitter so a
+/// fleet does not poll in step.
+fn poll_delay(
+    poll: Duration,
+    failures: u32,
+    retry_after: Option<Duration>,
+    max: Duration,
+) -> Duration {
     let base = if failures == 0 {
         poll
     } else {
         poll.saturating_mul(1 << (failures - 1).min(16))
-            .min(MAX_BACKOFF.max(poll))
+            .min(max.max(poll))
     };
     let jittered = base.mul_f64(rand::random_range(0.9..1.1));
     match retry_after {
@@ -672,13 +684,25 @@ mod tests {
     #[test]
     fn backoff_doubles_caps_and_honours_retry_after() {
         let poll = Duration::from_secs(10);
-        let d0 = poll_delay(poll, 0, None);
-        assert!(d0 >= Duration::from_secs(9) && d0 <= Duration::from_secs(11));
-        let d3 = poll_delay(poll, 3, None);
-        assert!(d3 >= Duration::from_secs(36) && d3 <= Duration::from_secs(44));
-        let big = poll_delay(poll, 30, None);
-        assert!(big <= MAX_BACKOFF.mul_f64(1.1));
-        let ra = poll_delay(poll, 1, Some(Duration::from_secs(120)));
+        let max = DEFAULT_MAX_BACKOFF;
+        let within = |d: Duration, secs: u64| {
+            d >= Duration::from_secs(secs).mul_f64(0.9)
+                && d <= Duration::from_secs(secs).mul_f64(1.1)
+        };
+        assert!(within(poll_delay(poll, 0, None, max), 10));
+        assert!(
+            within(poll_delay(poll, 1, None, max), 10),
+            "doubles from the second"
+        );
+        assert!(within(poll_delay(poll, 3, None, max), 40));
+        assert!(within(poll_delay(poll, 30, None, max), 900));
+        let ra = poll_delay(poll, 1, Some(Duration::from_secs(120)), max);
         assert!(ra >= Duration::from_secs(120));
+        // --poll-backoff-max: its cap, and 0 for none.
+        assert!(within(
+            poll_delay(poll, 30, None, Duration::from_secs(60)),
+            60
+        ));
+        assert!(within(poll_delay(poll, 30, None, Duration::ZERO), 10));
     }
 }

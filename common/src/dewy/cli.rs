@@ -61,6 +61,10 @@ pub struct DewyArgs {
     pub runtime: String,
     /// `--proxy-idle-timeout` seconds, default 300, 0 = off.
     pub proxy_idle_timeout: u64,
+    /// `--poll-backoff-max` seconds (Dewy #481): the longest wait between polls after errors;
+    /// 0 turns backoff off (Dewy's default). Not given: our default, backoff on up to 15
+    /// minutes.
+    pub poll_backoff_max: Option<u64>,
     /// `--cmd` (repeatable): the container's command.
     pub cmd: Vec<String>,
     /// Everything after `--`.
@@ -114,10 +118,11 @@ const fn flag(long: &'static str, short: Option<char>, kind: Kind) -> Flag {
     Flag { long, short, kind }
 }
 
-/// Dewy v2.19's flag set, plus the OTLP pair which is recognised only to be refused clearly.
+/// Dewy v2.19's flag set and `--poll-backoff-max` (#481, after 2.19), plus the OTLP pair which is recognised only to be refused clearly.
 const FLAGS: &[Flag] = &[
     flag("registry", None, Kind::Value),
     flag("interval", Some('i'), Kind::Value),
+    flag("poll-backoff-max", None, Kind::Value),
     flag("port", Some('p'), Kind::List),
     flag("cache", Some('c'), Kind::Value),
     flag("notifier", None, Kind::Value),
@@ -428,6 +433,10 @@ fn parse_inner(args: &[String], version: &str) -> Result<Parsed, String> {
         ),
         runtime,
         proxy_idle_timeout: number(&raw, "proxy-idle-timeout", DEFAULT_PROXY_IDLE_TIMEOUT)?,
+        poll_backoff_max: match raw.last("poll-backoff-max") {
+            Some(_) => Some(number(&raw, "poll-backoff-max", 0u64)?),
+            None => None,
+        },
         cmd: raw.all("cmd"),
         rest,
     })))
@@ -454,6 +463,8 @@ General Options:
                                    gs://bucket/prefix, img://registry/repo, grpc://host:port
                                    (required)
   -i, --interval=seconds           Polling interval in seconds (default: 10, at least 1)
+  --poll-backoff-max=seconds       Longest wait between polls after errors; 0 = no backoff
+                                   (default: 900)
   -c, --cache=URL                  Cache backend URL, e.g. file:///path (default: local file)
   -s, --slot=NAME                  Deploy only tags whose build metadata is this slot
   --calver=FORMAT                  CalVer format of the tags, e.g. YYYY.0M.0D.MICRO
@@ -702,6 +713,24 @@ mod tests {
         assert!(!a.telemetry);
         assert!(a.ports.is_empty() && a.cmd.is_empty() && a.rest.is_empty());
         assert!(a.cache.is_empty() && a.notifier.is_empty() && a.slot.is_empty());
+        assert_eq!(a.poll_backoff_max, None);
+    }
+
+    #[test]
+    fn cli_poll_backoff_max() {
+        assert_eq!(
+            run(&["server", REG, "--poll-backoff-max", "300"]).poll_backoff_max,
+            Some(300)
+        );
+        assert_eq!(
+            run(&["assets", REG, "--poll-backoff-max=0"]).poll_backoff_max,
+            Some(0),
+            "0 is Dewy's \"off\", kept apart from not given"
+        );
+        assert_eq!(
+            error(&["server", REG, "--poll-backoff-max", "5m"]),
+            "Error: invalid argument for flag `--poll-backoff-max' (expected a non-negative integer): 5m\n"
+        );
     }
 
     #[test]
