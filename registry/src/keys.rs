@@ -4,14 +4,17 @@
 //! - comments (`#`) and blank lines are allowed; any other line that does not parse is an error
 //!   naming the file and the line number (at startup: fatal; on reload: the old keys stay);
 //! - the options `from="pattern-list"` and `expiry-time="timespec"` are enforced;
+//! - on operator keys, `command="console line"` is enforced as sshd does: whatever the client
+//!   asks to run (a command, a shell), that line runs instead, and SFTP is refused; `no-pty`
+//!   and `restrict` (unless followed by `pty`) refuse a terminal (see [`Restrictions`]);
 //! - the files are re-read on SIGHUP, and on login when their mtime or size changed (checked at
 //!   most every [`RECHECK_INTERVAL`]).
 //!
-//! Options parsed but deliberately ignored: `command=`, `restrict`, `no-pty`,
-//! `no-port-forwarding`, `no-agent-forwarding`, `no-X11-forwarding`, `no-user-rc`,
-//! `environment=`, `permitopen=`, `permitlisten=`, `principals=`, `tunnel=`, `cert-authority`.
-//! The registry never forwards anything, runs no user rc and has no shell to replace, so the
-//! forwarding ones hold anyway; `command=` would need a per-key console policy we do not have.
+//! Options that hold anyway, as the registry never forwards anything, runs no user rc and sets
+//! no environment: `no-port-forwarding`, `no-agent-forwarding`, `no-X11-forwarding`,
+//! `no-user-rc`, `environment=`, `permitopen=`, `permitlisten=`, `tunnel=`. Ignored:
+//! `principals=` and `cert-authority` (no certificates), and `command=` on service keys, whose
+//! role runs no command (it would only forbid the SFTP tree, all that role has).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -19,7 +22,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use russh::keys::ssh_key::PublicKey;
-use russh::keys::ssh_key::authorized_keys::ConfigOpts;
 use time::OffsetDateTime;
 
 /// How often a login may stat the key files to notice an edit.
@@ -36,8 +38,18 @@ pub struct AuthorizedKey {
     pub from: Option<String>,
     /// `expiry-time="..."`: the key is refused from this instant on.
     pub expiry: Option<OffsetDateTime>,
+    pub restrictions: Restrictions,
     /// 1-based line number, for logs.
     pub line: usize,
+}
+
+/// What a key's options forbid a session logged in with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restrictions {
+    /// `command="..."`: the only console line the key may run.
+    pub command: Option<String>,
+    /// `no-pty`, or `restrict` not followed by `pty`.
+    pub no_pty: bool,
 }
 
 /// Why a key file could not be used.
@@ -76,10 +88,13 @@ pub fn parse_key_file(path: &Path, text: &str) -> Result<Vec<AuthorizedKey>, Key
         let (opts, key) = split_entry(line).map_err(bad)?;
         let mut from = None;
         let mut expiry = None;
+        let mut restrictions = Restrictions::default();
+        // In order, as sshd reads them: `restrict` clears the permissions that a later `pty`
+        // gives back.
         for opt in opts.iter() {
             let (name, value) = match opt.split_once('=') {
                 Some((n, v)) => (n, Some(unquote(v))),
-                None => (opt, None),
+                None => (opt.as_str(), None),
             };
             match (name.to_ascii_lowercase().as_str(), value) {
                 ("from", Some(v)) => from = Some(v),
@@ -89,7 +104,10 @@ pub fn parse_key_file(path: &Path, text: &str) -> Result<Vec<AuthorizedKey>, Key
                             .ok_or_else(|| bad(format!("invalid expiry-time {v:?}")))?,
                     )
                 }
-                ("from" | "expiry-time", None) => {
+                ("command", Some(v)) => restrictions.command = Some(v),
+                ("no-pty" | "restrict", None) => restrictions.no_pty = true,
+                ("pty", None) => restrictions.no_pty = false,
+                ("from" | "expiry-time" | "command", None) => {
                     return Err(bad(format!("option {name} needs a value")));
                 }
                 _ => {}
@@ -99,6 +117,7 @@ pub fn parse_key_file(path: &Path, text: &str) -> Result<Vec<AuthorizedKey>, Key
             key,
             from,
             expiry,
+            restrictions,
             line: index + 1,
         });
     }
@@ -117,35 +136,65 @@ pub fn read_key_file(path: &Path) -> Result<Vec<AuthorizedKey>, KeyFileError> {
     parse_key_file(path, &text)
 }
 
-/// `[options] keytype base64 [comment]`. ssh-key's own `Entry` parser misreads an options field
-/// followed by a key without comment, so the fallback splits off the options itself.
-fn split_entry(line: &str) -> Result<(ConfigOpts, PublicKey), String> {
-    use russh::keys::ssh_key::authorized_keys::Entry;
-    match line.parse::<Entry>() {
-        Ok(entry) => Ok((entry.config_opts().clone(), entry.public_key().clone())),
-        Err(first) => {
-            let Some((opts, rest)) = split_options(line) else {
-                return Err(format!("not a public key ({first})"));
-            };
-            let opts = ConfigOpts::new(opts).map_err(|e| format!("invalid options ({e})"))?;
-            let key = PublicKey::from_openssh(rest.trim_start())
-                .map_err(|e| format!("not a public key ({e})"))?;
-            Ok((opts, key))
-        }
-    }
+/// `[options] keytype base64 [comment]`, the options as sshd splits them. (ssh-key's
+/// `Entry` parser misreads an options field followed by a key without comment, and refuses the
+/// `\"` that sshd allows inside a quoted value, as in `command="showconf -name \"a b\""`.)
+fn split_entry(line: &str) -> Result<(Vec<String>, PublicKey), String> {
+    let first = match PublicKey::from_openssh(line) {
+        Ok(key) => return Ok((Vec::new(), key)),
+        Err(e) => e,
+    };
+    let Some((opts, rest)) = split_options(line) else {
+        return Err(format!("not a public key ({first})"));
+    };
+    let key = PublicKey::from_openssh(rest.trim_start())
+        .map_err(|e| format!("not a public key ({e})"))?;
+    Ok((options(opts)?, key))
 }
 
-/// Splits the options field off, honouring double quotes (`from="a, b"` may hold spaces).
+/// Splits the options field off: blanks inside double quotes belong to a value.
 fn split_options(line: &str) -> Option<(&str, &str)> {
     let mut quoted = false;
+    let mut escaped = false;
     for (i, c) in line.char_indices() {
         match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
             ' ' | '\t' if !quoted => return Some((&line[..i], &line[i + 1..])),
             _ => {}
         }
     }
     None
+}
+
+/// The comma-separated options: commas inside double quotes belong to a value, and `\"` is a
+/// quote inside one.
+fn options(field: &str) -> Result<Vec<String>, String> {
+    let mut all = Vec::new();
+    let mut current = String::new();
+    let (mut quoted, mut escaped) = (false, false);
+    for c in field.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                all.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    all.push(current);
+    if quoted {
+        return Err("invalid options (unbalanced quotes)".into());
+    }
+    if all.iter().any(String::is_empty) {
+        return Err("invalid options (an empty option)".into());
+    }
+    Ok(all)
 }
 
 fn unquote(v: &str) -> String {
@@ -383,15 +432,15 @@ impl Keyring {
     }
 
     /// Full check after the signature was verified: listed, address allowed, not expired.
-    /// Returns the line of the matching entry. Compares `key_data()` because `PublicKey ==`
-    /// also compares comments.
+    /// Returns the line of the matching entry and what its options forbid. Compares
+    /// `key_data()` because `PublicKey ==` also compares comments.
     pub fn check(
         &self,
         role: Role,
         key: &PublicKey,
         addr: Option<IpAddr>,
         now: OffsetDateTime,
-    ) -> Result<usize, Refusal> {
+    ) -> Result<(usize, Restrictions), Refusal> {
         let keys = self.keys(role);
         let mut refusal = Refusal::Unknown;
         for entry in keys.iter().filter(|k| k.key.key_data() == key.key_data()) {
@@ -405,7 +454,7 @@ impl Keyring {
                 refusal = Refusal::Expired;
                 continue;
             }
-            return Ok(entry.line);
+            return Ok((entry.line, entry.restrictions.clone()));
         }
         Err(refusal)
     }
@@ -437,6 +486,40 @@ mod tests {
         assert_eq!(keys[0].from, None);
         assert_eq!(keys[1].from.as_deref(), Some("10.0.0.0/8,!10.1.2.3"));
         assert_eq!(keys[2].expiry, parse_expiry("20300101000000Z"));
+        assert_eq!(
+            keys[1].restrictions,
+            Restrictions {
+                command: None,
+                no_pty: true
+            }
+        );
+        assert_eq!(keys[0].restrictions, Restrictions::default());
+    }
+
+    #[test]
+    fn command_no_pty_restrict_and_pty() {
+        let text = format!(
+            "command=\"showconf -name \\\"web\\\"\" {ED}\nrestrict {ED}\nrestrict,pty,command=\"components\" {ED}\npty,restrict {ED}\n"
+        );
+        let keys = parse_key_file(p(), &text).unwrap();
+        let got: Vec<_> = keys
+            .iter()
+            .map(|k| (k.restrictions.command.as_deref(), k.restrictions.no_pty))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some("showconf -name \"web\""), false),
+                (None, true),
+                (Some("components"), false),
+                (None, true),
+            ]
+        );
+        let text = format!("command {ED}\n");
+        assert!(matches!(
+            parse_key_file(p(), &text),
+            Err(KeyFileError::Line { line: 1, .. })
+        ));
     }
 
     #[test]
@@ -517,7 +600,7 @@ mod tests {
                 Some("10.1.1.1".parse().unwrap()),
                 now
             ),
-            Ok(1)
+            Ok((1, Restrictions::default()))
         );
         assert!(matches!(
             ring.check(

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::console::shell::{self, Editor, Event, LineSplitter, Piped};
 use crate::console::{self, MAX_LINE, Outcome};
-use crate::keys::Role;
+use crate::keys::{Restrictions, Role};
 use crate::server::Shared;
 use crate::store::Actor;
 
@@ -117,6 +117,8 @@ pub struct Connection {
     /// is to be dropped.
     stuck: CancellationToken,
     login: Option<(Role, Actor)>,
+    /// What the login key's options forbid (operators only: see `keys`).
+    restrictions: Restrictions,
     channels: HashMap<ChannelId, PendingChannel>,
 }
 
@@ -135,6 +137,7 @@ impl Connection {
             busy,
             stuck,
             login: None,
+            restrictions: Restrictions::default(),
             channels: HashMap::new(),
         }
     }
@@ -247,8 +250,11 @@ impl russh::server::Handler for Connection {
             .keys
             .check(role, key.public_key, Some(self.peer.ip()), now)
         {
-            Ok(line) => {
-                tracing::debug!(%user, addr = %self.peer, key = %fingerprint, ?role, line, "login");
+            Ok((line, restrictions)) => {
+                tracing::debug!(%user, addr = %self.peer, key = %fingerprint, ?role, line, ?restrictions, "login");
+                if role == Role::Operator {
+                    self.restrictions = restrictions;
+                }
                 let actor = Actor {
                     user: user.to_string(),
                     key_fingerprint: fingerprint,
@@ -313,6 +319,7 @@ impl russh::server::Handler for Connection {
         match self.channels.get_mut(&channel) {
             Some(pending)
                 if !pending.started
+                    && !self.restrictions.no_pty
                     && self
                         .login
                         .as_ref()
@@ -368,7 +375,11 @@ impl russh::server::Handler for Connection {
         };
         session.channel_success(channel)?;
         let console = self.console(channel, session);
-        self.spawn(run_shell(ch, console, pty));
+        match self.restrictions.command.clone() {
+            // As sshd: a forced command runs instead of the shell.
+            Some(forced) => self.spawn(run_exec(ch, console, forced, pty.is_some())),
+            None => self.spawn(run_shell(ch, console, pty)),
+        }
         Ok(())
     }
 
@@ -386,7 +397,14 @@ impl russh::server::Handler for Connection {
             return self.refuse(channel, session);
         };
         session.channel_success(channel)?;
-        let line = String::from_utf8_lossy(data).into_owned();
+        let asked = String::from_utf8_lossy(data).into_owned();
+        let line = match &self.restrictions.command {
+            Some(forced) => {
+                tracing::info!(user = %self.actor().user, addr = %self.peer, asked = %asked, forced = %forced, "forced command (key option command=) runs instead");
+                forced.clone()
+            }
+            None => asked,
+        };
         let console = self.console(channel, session);
         self.spawn(run_exec(ch, console, line, pty.is_some()));
         Ok(())
@@ -401,7 +419,8 @@ impl russh::server::Handler for Connection {
         let Some(role) = self.role() else {
             return self.refuse(channel, session);
         };
-        if name != "sftp" {
+        // A key limited to one command (`command=`) may not upload either.
+        if name != "sftp" || (role == Role::Operator && self.restrictions.command.is_some()) {
             return self.refuse(channel, session);
         }
         // One SFTP server per channel (B23).

@@ -396,6 +396,69 @@ fn expiry_time_option_is_enforced() {
     out.assert_stderr_contains(DENIED);
 }
 
+/// `command="..."` on an operator key (spec A6: the original ignored it and gave a full
+/// console): whatever the client asks to run, that console line runs instead, as with sshd; a
+/// shell runs it too; uploads are refused. `no-pty` refuses a terminal.
+#[test]
+fn command_and_no_pty_options_are_enforced() {
+    let keys = Keys::new();
+    let limited = keys.extra("limited");
+    let nopty = keys.extra("nopty");
+    let lines = format!(
+        "{}command=\"showconf -name \\\"w b\\\"\" {}no-pty {}",
+        keys.public(&keys.operator),
+        keys.public(&limited),
+        keys.public(&nopty)
+    );
+    fs::write(&keys.operator_keys, lines).unwrap();
+    let reg = Registry::start_in(None, keys, &[]);
+    let forced = "configuration \"w b\" not found\n";
+    reg.ssh_as("op", &limited, "delconf -name x")
+        .assert_code(1)
+        .assert_stdout(forced);
+    // A shell (no command), with a terminal: the forced line, its output with CRLF.
+    let mut shell = reg.ssh_cmd(&limited);
+    shell.arg("-tt").arg(reg.dest("op"));
+    let out = e2e::run(&mut shell, Some(b"delconf -name x\n"));
+    out.assert_code(1);
+    assert_eq!(
+        out.stdout_str(),
+        "configuration \"w b\" not found\r\n",
+        "{out}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.bin");
+    fs::write(&file, b"data").unwrap();
+    let out = reg.sftp("op", &limited, &format!("put {} f.bin\n", file.display()));
+    assert_ne!(
+        out.code(),
+        Some(0),
+        "upload allowed to a command= key:\n{out}"
+    );
+    out.assert_stderr_contains("subsystem request failed");
+    // The audit shows what ran, and the log what was asked.
+    let audit = reg.ssh("audit").stdout_str();
+    assert!(audit.contains("showconf -name 'w b'"), "{audit}");
+    assert!(!audit.contains("delconf"), "{audit}");
+    assert!(reg.log().contains("asked=delconf -name x"), "{}", reg.log());
+    // no-pty: the terminal is refused (which `ssh -tt` takes as fatal, as against sshd);
+    // without one the key has the full console.
+    let mut c = reg.ssh_cmd(&nopty);
+    c.arg("-tt").arg(reg.dest("op")).arg("showconf -name q");
+    let out = e2e::run(&mut c, None);
+    out.assert_stderr_contains("PTY allocation request failed");
+    assert!(out.stdout.is_empty(), "{out}");
+    reg.ssh_as("op", &nopty, "showconf -name q")
+        .assert_code(1)
+        .assert_stdout("configuration \"q\" not found\n");
+    // Without options: a full console, a terminal.
+    let mut c = reg.ssh_cmd(&reg.keys.operator);
+    c.arg("-tt").arg(reg.dest("op")).arg("showconf -name q");
+    e2e::run(&mut c, None)
+        .assert_code(1)
+        .assert_stdout("configuration \"q\" not found\r\n");
+}
+
 #[test]
 fn only_the_sftp_subsystem_exists() {
     let reg = Registry::start();
