@@ -367,7 +367,12 @@ fn release_json(base: &str, r: &Rel) -> serde_json::Value {
         "name": r.tag,
         "draft": r.draft,
         "prerelease": r.prerelease,
-        "created_at": published,
+        // GitHub's created_at is the date of the release's commit (or of its draft), often
+        // long before publishing: a day earlier here, so that a source reading it instead of
+        // published_at (Dewy #143) would see every release as past its grace period.
+        "created_at": (r.published_at - time::Duration::days(1))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap(),
         "published_at": published,
         "assets": assets,
     })
