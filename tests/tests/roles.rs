@@ -125,6 +125,18 @@ fn unknown_key_is_refused() {
         out.assert_stderr_contains(DENIED);
         assert!(out.stdout.is_empty());
     }
+    // Each refusal is logged with the user, the address and the key (spec A8).
+    let fp = e2e::fingerprint_of(&reg.keys.stranger);
+    let log = reg.log();
+    for user in ["op", "deploy-agent", "nobody"] {
+        assert!(
+            log.lines().any(|l| l.contains("login refused")
+                && l.contains(&format!("user={user} "))
+                && l.contains("addr=127.0.0.1:")
+                && l.contains(&fp)),
+            "no refusal logged for {user} with {fp}:\n{log}"
+        );
+    }
     // The registry keeps serving.
     reg.ssh("components").assert_ok();
 }
