@@ -653,6 +653,24 @@ fn image_gc_keeps_the_seven_newest_images() {
         t
     };
     assert_eq!(tags(&podman).len(), 7);
+    // An exited replica of the app left from an earlier run, on the oldest image: reaped by
+    // the deploy (Dewy #458-460), which also frees that image for the GC.
+    podman.ok(&[
+        "run",
+        "--name",
+        "gc-1-0",
+        "--label",
+        "dewy.managed=true",
+        "--label",
+        "dewy.app=gc",
+        "--entrypoint",
+        "/bin/sh",
+        &format!("{repo}:v1.0.1"),
+        "-c",
+        "exit 0",
+    ]);
+    let exited = || podman.ok(&["ps", "-aq", "--filter", "name=^gc-1-0$"]);
+    assert!(!exited().trim().is_empty(), "the exited replica is there");
     let proxy = free_port();
     let args: Vec<String> = [
         "--registry",
@@ -683,6 +701,12 @@ fn image_gc_keeps_the_seven_newest_images() {
         || agent.log().contains("Removed old image"),
         &log,
     );
+    assert!(
+        agent.log().contains("Removed exited container"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(exited().trim(), "", "the exited replica is gone");
     let want: Vec<String> = (2..=8).map(|d| format!("v1.0.{d}")).collect();
     assert_eq!(tags(&podman), want, "{}", agent.log());
     assert_eq!(get(proxy, "/VERSION").as_deref(), Some("v1.0.8"));
