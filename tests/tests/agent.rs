@@ -483,6 +483,62 @@ fn hostile_setuid_and_duplicates_are_neutralised() {
     );
 }
 
+/// `-allow-special` (as root) restores the original's behaviour for the layers that need it:
+/// setuid bits and FIFOs (and device nodes, owners) are kept instead of refused (spec A5).
+#[test]
+fn allow_special_keeps_setuid_and_fifos_as_root() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let reg = Registry::start();
+    let host = Host::new();
+    // The directory we just created is owned by our effective uid.
+    if fs::metadata(host.path()).unwrap().uid() != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let layer = TarBuilder::new()
+        .file_mode("suid", b"x", 0o4755)
+        .entry(RawEntry::fifo("pipe"))
+        .gz();
+    add_version(&reg, "special", "v1", &layer);
+    reg.ssh("addconf -name project1 -layer special:v1")
+        .assert_ok();
+    host.once(&reg, &["-allow-special"]).assert_ok();
+    let current = host.path().join("current");
+    let suid = fs::metadata(current.join("suid")).unwrap();
+    assert_eq!(suid.permissions().mode() & 0o7777, 0o4755);
+    let pipe = fs::symlink_metadata(current.join("pipe")).unwrap();
+    assert!(pipe.file_type().is_fifo(), "{:?}", pipe.file_type());
+}
+
+/// Directories a layer implies but does not list are 0755 (spec A4: the original made them
+/// 0777 and set the process umask to 0 for that); an agent started with umask 0 shows it.
+#[test]
+fn implicit_parents_are_0755_even_with_umask_0() {
+    let reg = Registry::start();
+    let host = Host::new();
+    let layer = TarBuilder::new().file_mode("deep/er/f", b"x", 0o640).gz();
+    add_version(&reg, "tree", "v1", &layer);
+    reg.ssh("addconf -name project1 -layer tree:v1").assert_ok();
+    let agent = host.command(&reg, &["-once"]);
+    let mut c = Command::new("sh");
+    c.args(["-c", "umask 0 && exec \"$@\"", "sh"])
+        .arg(agent.get_program())
+        .args(agent.get_args())
+        .current_dir(host.path());
+    run_with_timeout(&mut c, None, DEFAULT_TIMEOUT_SECS).assert_ok();
+    let mode = |p: &str| {
+        fs::metadata(host.path().join("current").join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(
+        (mode("deep"), mode("deep/er"), mode("deep/er/f")),
+        (0o755, 0o755, 0o640)
+    );
+}
+
 /// kill -9 at random moments; afterwards the host is on the old or the new configuration,
 /// never a mix, and the next run converges. See: OSTree's destructive tests.
 #[test]
