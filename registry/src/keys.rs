@@ -10,11 +10,12 @@
 //! - the files are re-read on SIGHUP, and on login when their mtime or size changed (checked at
 //!   most every [`RECHECK_INTERVAL`]).
 //!
-//! Options that hold anyway, as the registry never forwards anything, runs no user rc and sets
-//! no environment: `no-port-forwarding`, `no-agent-forwarding`, `no-X11-forwarding`,
-//! `no-user-rc`, `environment=`, `permitopen=`, `permitlisten=`, `tunnel=`. Ignored:
-//! `principals=` and `cert-authority` (no certificates), and `command=` on service keys, whose
-//! role runs no command (it would only forbid the SFTP tree, all that role has).
+//! Options that hold anyway are accepted ([`HOLD_ANYWAY`]: the registry never forwards
+//! anything, runs no user rc and sets no environment); `command=` is accepted and ignored on
+//! service keys, whose role runs no command (it would only forbid the SFTP tree, all that role
+//! has). A `cert-authority` line authorizes nobody (we take no certificates: logged, skipped).
+//! Any other option (`principals=`, `verify-required`, a misspelling) makes the line an
+//! error, as sshd refuses it: a restriction must not be dropped silently.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,24 @@ pub struct Restrictions {
     /// `no-pty`, or `restrict` not followed by `pty`.
     pub no_pty: bool,
 }
+
+/// sshd's key options that hold here without doing anything: the registry forwards nothing,
+/// runs no user rc, sets no environment, and checks no FIDO touch flag.
+const HOLD_ANYWAY: &[&str] = &[
+    "no-port-forwarding",
+    "no-agent-forwarding",
+    "no-x11-forwarding",
+    "no-user-rc",
+    "port-forwarding",
+    "agent-forwarding",
+    "x11-forwarding",
+    "user-rc",
+    "environment",
+    "permitopen",
+    "permitlisten",
+    "tunnel",
+    "no-touch-required",
+];
 
 /// Why a key file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +108,7 @@ pub fn parse_key_file(path: &Path, text: &str) -> Result<Vec<AuthorizedKey>, Key
         let mut from = None;
         let mut expiry = None;
         let mut restrictions = Restrictions::default();
+        let mut cert_authority = false;
         // In order, as sshd reads them: `restrict` clears the permissions that a later `pty`
         // gives back.
         for opt in opts.iter() {
@@ -110,8 +130,18 @@ pub fn parse_key_file(path: &Path, text: &str) -> Result<Vec<AuthorizedKey>, Key
                 ("from" | "expiry-time" | "command", None) => {
                     return Err(bad(format!("option {name} needs a value")));
                 }
-                _ => {}
+                ("cert-authority", None) => cert_authority = true,
+                (known, _) if HOLD_ANYWAY.contains(&known) => {}
+                // As sshd, which refuses such a line: a misspelt restriction must not leave
+                // the key unrestricted, and one we cannot enforce must not be ignored.
+                _ => return Err(bad(format!("unsupported option {name:?}"))),
             }
+        }
+        if cert_authority {
+            // A certificate authority's key signs certificates, which we do not take; it does
+            // not log in itself.
+            tracing::warn!(file = %path.display(), line = index + 1, "cert-authority key ignored: certificates are not supported");
+            continue;
         }
         keys.push(AuthorizedKey {
             key,
@@ -520,6 +550,28 @@ mod tests {
             parse_key_file(p(), &text),
             Err(KeyFileError::Line { line: 1, .. })
         ));
+    }
+
+    #[test]
+    fn unknown_options_refuse_the_line_and_cert_authorities_are_skipped() {
+        let text = format!(
+            "no-port-forwarding,no-X11-forwarding,environment=\"A=b\" {ED} a comment with spaces\ncert-authority {ED}\n"
+        );
+        let keys = parse_key_file(p(), &text).unwrap();
+        assert_eq!(keys.len(), 1, "the CA line authorizes nobody");
+        assert_eq!(
+            (keys[0].line, keys[0].restrictions.clone()),
+            (1, Restrictions::default())
+        );
+        for opt in ["no-ptty", "principals=\"alice\"", "verify-required"] {
+            let err = parse_key_file(p(), &format!("{ED}\n{opt} {ED}\n")).unwrap_err();
+            assert!(
+                matches!(&err, KeyFileError::Line { line: 2, reason, .. } if reason.starts_with("unsupported option")),
+                "{opt}: {err}"
+            );
+        }
+        let err = parse_key_file(p(), &format!("cert-authority {ED}\n")).unwrap_err();
+        assert!(matches!(err, KeyFileError::Empty(_)), "{err}");
     }
 
     #[test]
