@@ -322,6 +322,23 @@ fn idle_session_is_cut_by_deadline() {
     still_serves(&reg);
 }
 
+/// `-deadline 0` is no idle limit (spec B6): a console that waits seconds for its first line
+/// is still there to run it. (Taken as a zero-length limit, it would be cut at once.)
+#[test]
+fn deadline_zero_means_no_idle_limit() {
+    let reg = Registry::start_with(&["-deadline", "0"]);
+    let ssh = reg.ssh_cmd(&reg.keys.operator);
+    let mut c = std::process::Command::new("sh");
+    c.args(["-c", "(sleep 3; echo 'showconf -name q') | \"$@\"", "sh"])
+        .arg(ssh.get_program())
+        .args(ssh.get_args())
+        .arg("-T")
+        .arg(reg.dest("op"));
+    run(&mut c, None)
+        .assert_code(0)
+        .assert_stdout("configuration \"q\" not found\n");
+}
+
 /// A client that keeps sending SFTP requests but never reads the replies: once our replies
 /// wait for window and its requests fill our queue, nothing can move again (russh's session
 /// loop waits on the full channel queue, so it would not even see a window adjust). That
