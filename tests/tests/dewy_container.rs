@@ -289,7 +289,7 @@ fn rolling_update_rollback_adoption_and_shutdown() {
         "--health-timeout",
         "4",
         "--drain-time",
-        "1",
+        "60",
         "--interval",
         "1",
         "--admin-port",
@@ -423,7 +423,12 @@ fn rolling_update_rollback_adoption_and_shutdown() {
         "{text}"
     );
 
-    // v2: rolling update; the old replicas go.
+    // v2: rolling update; the old replicas go, drained first (--drain-time, Dewy #478): a
+    // connection through the proxy opened before (so to a v1 replica) and used only once
+    // every new connection gets v2 is served by v1, not cut.
+    let mut held = TcpStream::connect(("127.0.0.1", proxy)).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     push_app(
         work.path(),
         &reg,
@@ -432,6 +437,25 @@ fn rolling_update_rollback_adoption_and_shutdown() {
         true,
         None,
     );
+    wait_for(
+        "v2 on every new connection",
+        || served(proxy).iter().all(|s| s.as_deref() == Some("v2.0.0")),
+        &log,
+    );
+    assert!(
+        !agent.log().contains("Stopping old container"),
+        "v1 stopped while a connection to it was open:\n{}",
+        agent.log()
+    );
+    write!(
+        held,
+        "GET /VERSION HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    held.read_to_string(&mut resp).unwrap();
+    assert!(resp.ends_with("\r\n\r\nv1.0.0"), "{resp:?}");
+    drop(held);
     wait_for(
         "the v2 deploy",
         || {

@@ -218,9 +218,11 @@ async fn rolling(app: &App, image: &str, tag: &str) -> std::result::Result<usize
         }
     }
     let new: HashSet<&str> = started.iter().map(|(id, _)| id.as_str()).collect();
-    for c in old.iter().filter(|c| !new.contains(c.id.as_str())) {
-        retire(app, c).await;
-    }
+    let leaving: Vec<&parse::Inspected> = old
+        .iter()
+        .filter(|c| !new.contains(c.id.as_str()))
+        .collect();
+    retire(app, &leaving).await;
     let current: Vec<_> = started
         .iter()
         .flat_map(|(_, b)| b.iter().copied())
@@ -306,22 +308,29 @@ async fn discard(app: &App, id: &str, backends: &[(usize, std::net::SocketAddr)]
     }
 }
 
-/// An old replica: out of the proxies, drained (until its proxied connections end, at most
-/// `--drain-time`), stopped and removed.
-async fn retire(app: &App, c: &parse::Inspected) {
-    let open = app.remove_backends(&app.backends_of(c));
+/// The old replicas: all out of the proxies at once, so that once the new ones serve no new
+/// connection reaches an old one; drained together (until their proxied connections end, at
+/// most `--drain-time` for all); then stopped and removed. (One at a time, the second kept
+/// taking new connections while the first drained, and the drains added up.)
+async fn retire(app: &App, old: &[&parse::Inspected]) {
+    let open: Vec<_> = old
+        .iter()
+        .flat_map(|c| app.remove_backends(&app.backends_of(c)))
+        .collect();
     let drain = Duration::from_secs(app.ctx.args.drain_time);
     let deadline = Instant::now() + drain;
     let busy = || open.iter().any(|n| n.load(Ordering::Relaxed) > 0);
     while busy() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tracing::info!(container = %c.name, id = short(&c.id), "Stopping old container");
-    if let Err(e) = app.rt.stop(&c.id, STOP_SECS).await {
-        tracing::warn!("{e:#}");
-    }
-    if let Err(e) = app.rt.rm(&c.id).await {
-        tracing::error!("{e:#}");
+    for c in old {
+        tracing::info!(container = %c.name, id = short(&c.id), "Stopping old container");
+        if let Err(e) = app.rt.stop(&c.id, STOP_SECS).await {
+            tracing::warn!("{e:#}");
+        }
+        if let Err(e) = app.rt.rm(&c.id).await {
+            tracing::error!("{e:#}");
+        }
     }
 }
 
