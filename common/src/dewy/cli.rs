@@ -118,7 +118,8 @@ const fn flag(long: &'static str, short: Option<char>, kind: Kind) -> Flag {
     Flag { long, short, kind }
 }
 
-/// Dewy v2.19's flag set and `--poll-backoff-max` (#481, after 2.19), plus the OTLP pair which is recognised only to be refused clearly.
+/// Dewy v2.19's flag set and `--poll-backoff-max` (#481, after 2.19), plus the OTLP pair
+/// which is recognised only to be refused clearly.
 const FLAGS: &[Flag] = &[
     flag("registry", None, Kind::Value),
     flag("interval", Some('i'), Kind::Value),
