@@ -425,7 +425,8 @@ fn rolling_update_rollback_adoption_and_shutdown() {
 
     // v2: rolling update; the old replicas go, drained first (--drain-time, Dewy #478): a
     // connection through the proxy opened before (so to a v1 replica) and used only once
-    // every new connection gets v2 is served by v1, not cut.
+    // every new connection gets v2 is served by v1, not cut. (The update must take less than
+    // the 60 s of --drain-time and of busybox httpd's wait for a request; it takes ~10 s.)
     let mut held = TcpStream::connect(("127.0.0.1", proxy)).unwrap();
     held.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
