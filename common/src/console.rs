@@ -445,6 +445,21 @@ impl Command {
         Command::parse(&words)
     }
 
+    /// Whether the command only shows what is stored, cheaply: what a read-only key may run.
+    /// (`fsck` changes nothing but re-reads every blob; it is kept for operators.)
+    pub fn shows_only(&self) -> bool {
+        matches!(
+            self,
+            Command::Help
+                | Command::ShowConf(_)
+                | Command::ShowComp(_)
+                | Command::Components
+                | Command::Configurations
+                | Command::History(_)
+                | Command::Audit(_)
+        )
+    }
+
     /// The command word (`addver`, ...).
     pub fn name(&self) -> &'static str {
         match self {

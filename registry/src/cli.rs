@@ -12,6 +12,8 @@ pub struct Options {
     pub dir: PathBuf,
     pub opauth: PathBuf,
     pub srvauth: PathBuf,
+    /// `-viewauth`: authorized_keys of viewers (read-only console, no uploads); none if empty.
+    pub viewauth: Option<PathBuf>,
     /// Versions to keep per component; `< 1` turns pruning off.
     pub maxver: i64,
     /// Idle limit of a connection; `None` for `-deadline 0` (no limit at all, fixing B6).
@@ -77,6 +79,11 @@ pub fn flag_set() -> FlagSet {
                     default: "/etc/deploy-registry/service.keys",
                 },
                 usage: "authorized_keys for services",
+            },
+            Flag {
+                name: "viewauth",
+                kind: Kind::String { default: "" },
+                usage: "authorized_keys for viewers: the console's read-only commands, no uploads (default: none)",
             },
             Flag {
                 name: "maxconn",
@@ -181,6 +188,9 @@ pub fn parse(args: &[String]) -> Result<Options, Exit> {
         dir: parsed.string(&set, "dir").into(),
         opauth: parsed.string(&set, "opauth").into(),
         srvauth: parsed.string(&set, "srvauth").into(),
+        viewauth: Some(parsed.string(&set, "viewauth"))
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
         maxver: parsed.int(&set, "maxver"),
         deadline,
         maxconn,

@@ -342,16 +342,15 @@ fn cidr_contains(block: &str, addr: IpAddr) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Operator,
+    /// A key of the `-viewauth` file: the console's read-only commands, no uploads.
+    Viewer,
     Service,
 }
 
 impl Role {
-    pub fn for_user(user: &str) -> Role {
-        if user == SERVICE_USER {
-            Role::Service
-        } else {
-            Role::Operator
-        }
+    /// Whether the role gets the console (exec, shell, pty).
+    pub fn has_console(self) -> bool {
+        matches!(self, Role::Operator | Role::Viewer)
     }
 }
 
@@ -397,26 +396,52 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-/// Both key files, shared by every connection, reloadable in place.
+/// The key files, shared by every connection, reloadable in place.
 pub struct Keyring {
     operator: RwLock<Loaded>,
     service: RwLock<Loaded>,
+    /// `-viewauth`, when given.
+    viewer: Option<RwLock<Loaded>>,
     last_check: Mutex<Instant>,
 }
 
 impl Keyring {
-    /// Reads the operator file, then the service file (the original's order).
-    pub fn load(operator: &Path, service: &Path) -> Result<Keyring, KeyFileError> {
+    /// Reads the operator file, then the service file (the original's order), then the viewer
+    /// file if there is one.
+    pub fn load(
+        operator: &Path,
+        service: &Path,
+        viewer: Option<&Path>,
+    ) -> Result<Keyring, KeyFileError> {
         Ok(Keyring {
             operator: RwLock::new(Loaded::read(operator)?),
             service: RwLock::new(Loaded::read(service)?),
+            viewer: viewer.map(Loaded::read).transpose()?.map(RwLock::new),
             last_check: Mutex::new(Instant::now()),
         })
     }
 
-    /// Re-reads both files. A file that fails keeps its previous keys; the error is logged.
+    fn slots(&self) -> impl Iterator<Item = &RwLock<Loaded>> {
+        [&self.operator, &self.service]
+            .into_iter()
+            .chain(self.viewer.as_ref())
+    }
+
+    /// The role `user` logs in for with `key`: the service role for `deploy-agent`; else the
+    /// operator role, or the viewer role for a key listed only in the viewer file.
+    pub fn role_for(&self, user: &str, key: &PublicKey) -> Role {
+        if user == SERVICE_USER {
+            Role::Service
+        } else if !self.is_listed(Role::Operator, key) && self.is_listed(Role::Viewer, key) {
+            Role::Viewer
+        } else {
+            Role::Operator
+        }
+    }
+
+    /// Re-reads the files. A file that fails keeps its previous keys; the error is logged.
     pub fn reload(&self) {
-        for slot in [&self.operator, &self.service] {
+        for slot in self.slots() {
             let path = read_lock(slot).path.clone();
             match Loaded::read(&path) {
                 Ok(fresh) => {
@@ -437,7 +462,7 @@ impl Keyring {
             }
             *last = Instant::now();
         }
-        let changed = [&self.operator, &self.service].iter().any(|slot| {
+        let changed = self.slots().any(|slot| {
             let loaded = read_lock(slot);
             stamp(&loaded.path) != loaded.stamp
         });
@@ -450,6 +475,10 @@ impl Keyring {
         let slot = match role {
             Role::Operator => &self.operator,
             Role::Service => &self.service,
+            Role::Viewer => match &self.viewer {
+                Some(slot) => slot,
+                None => return Arc::new(Vec::new()),
+            },
         };
         read_lock(slot).keys.clone()
     }
@@ -641,7 +670,7 @@ mod tests {
         let srv = dir.path().join("srv");
         std::fs::write(&op, format!("from=\"10.*\" {ED} with comment\n")).unwrap();
         std::fs::write(&srv, format!("expiry-time=\"20000101\" {ED}\n")).unwrap();
-        let ring = Keyring::load(&op, &srv).unwrap();
+        let ring = Keyring::load(&op, &srv, None).unwrap();
         let wire = PublicKey::from_openssh(ED).unwrap();
         let now = OffsetDateTime::now_utc();
         assert!(ring.is_listed(Role::Operator, &wire));
@@ -667,6 +696,26 @@ mod tests {
             ring.check(Role::Service, &wire, None, now),
             Err(Refusal::Expired)
         );
+        // Without a viewer file nobody is a viewer; with one, a key listed only there is.
+        assert_eq!(ring.role_for("op", &wire), Role::Operator);
+        assert_eq!(ring.role_for("deploy-agent", &wire), Role::Service);
+        let other =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        let view = dir.path().join("view");
+        std::fs::write(&view, format!("{other}\n{ED}\n")).unwrap();
+        let with_viewers = Keyring::load(&op, &srv, Some(&view)).unwrap();
+        let viewer = PublicKey::from_openssh(other).unwrap();
+        assert_eq!(with_viewers.role_for("anyone", &viewer), Role::Viewer);
+        assert_eq!(
+            with_viewers.role_for("op", &wire),
+            Role::Operator,
+            "listed in both: the operator file wins"
+        );
+        assert_eq!(
+            with_viewers.role_for("deploy-agent", &viewer),
+            Role::Service
+        );
+        assert!(!ring.is_listed(Role::Viewer, &viewer));
         // A reload that fails keeps the old keys.
         std::fs::write(&op, "garbage\n").unwrap();
         ring.reload();

@@ -88,7 +88,11 @@ async fn run(options: cli::Options) -> anyhow::Result<ExitCode> {
         });
     }
     // The original's order: key files, host key, database, listener (spec 1.2).
-    let keyring = Arc::new(keys::Keyring::load(&options.opauth, &options.srvauth)?);
+    let keyring = Arc::new(keys::Keyring::load(
+        &options.opauth,
+        &options.srvauth,
+        options.viewauth.as_deref(),
+    )?);
     // Unlike the original, a missing -dir is created.
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -186,6 +186,10 @@ impl Connection {
         Console {
             shared: self.shared.clone(),
             actor: self.actor(),
+            access: match self.role() {
+                Some(Role::Viewer) => console::Access::ReadOnly,
+                _ => console::Access::Full,
+            },
             session: session.handle(),
             channel,
         }
@@ -223,7 +227,7 @@ impl russh::server::Handler for Connection {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         self.shared.keys.reload_if_changed();
-        let role = Role::for_user(user);
+        let role = self.shared.keys.role_for(user, offer.public_key);
         if self.shared.keys.is_listed(role, offer.public_key) {
             Ok(Auth::Accept)
         } else {
@@ -242,7 +246,7 @@ impl russh::server::Handler for Connection {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let role = Role::for_user(user);
+        let role = self.shared.keys.role_for(user, key.public_key);
         let fingerprint = key.public_key.fingerprint(HashAlg::Sha256).to_string();
         let now = common::timefmt::now();
         match self
@@ -252,7 +256,7 @@ impl russh::server::Handler for Connection {
         {
             Ok((line, restrictions)) => {
                 tracing::debug!(%user, addr = %self.peer, key = %fingerprint, ?role, line, ?restrictions, "login");
-                if role == Role::Operator {
+                if role.has_console() {
                     self.restrictions = restrictions;
                 }
                 let actor = Actor {
@@ -320,10 +324,7 @@ impl russh::server::Handler for Connection {
             Some(pending)
                 if !pending.started
                     && !self.restrictions.no_pty
-                    && self
-                        .login
-                        .as_ref()
-                        .is_some_and(|(r, _)| *r == Role::Operator) =>
+                    && self.login.as_ref().is_some_and(|(r, _)| r.has_console()) =>
             {
                 pending.pty = Some(Pty { cols: col_width });
                 pending.requests += 1;
@@ -346,12 +347,7 @@ impl russh::server::Handler for Connection {
         // Accepted even after the console started (B12): the running shell gets the same
         // message through its channel and resizes.
         match self.channels.get_mut(&channel) {
-            Some(pending)
-                if self
-                    .login
-                    .as_ref()
-                    .is_some_and(|(r, _)| *r == Role::Operator) =>
-            {
+            Some(pending) if self.login.as_ref().is_some_and(|(r, _)| r.has_console()) => {
                 if let Some(pty) = &mut pending.pty {
                     pty.cols = col_width;
                 }
@@ -367,7 +363,7 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.role() != Some(Role::Operator) {
+        if !self.role().is_some_and(Role::has_console) {
             return self.refuse(channel, session);
         }
         let Some((ch, pty)) = self.start(channel).await else {
@@ -390,7 +386,7 @@ impl russh::server::Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         // The original refused an empty command (payload not longer than its length prefix).
-        if self.role() != Some(Role::Operator) || data.is_empty() {
+        if !self.role().is_some_and(Role::has_console) || data.is_empty() {
             return self.refuse(channel, session);
         }
         let Some((ch, pty)) = self.start(channel).await else {
@@ -419,8 +415,11 @@ impl russh::server::Handler for Connection {
         let Some(role) = self.role() else {
             return self.refuse(channel, session);
         };
-        // A key limited to one command (`command=`) may not upload either.
-        if name != "sftp" || (role == Role::Operator && self.restrictions.command.is_some()) {
+        // Viewers do not upload, nor does a key limited to one command (`command=`).
+        if name != "sftp"
+            || role == Role::Viewer
+            || (role == Role::Operator && self.restrictions.command.is_some())
+        {
             return self.refuse(channel, session);
         }
         // One SFTP server per channel (B23).
@@ -449,6 +448,8 @@ impl russh::server::Handler for Connection {
                 self.spawn(crate::sftp::operator::serve_then(stream, store, actor, cx))
             }
             Role::Service => self.spawn(crate::sftp::service::serve_then(stream, store, cx)),
+            // Refused above.
+            Role::Viewer => {}
         }
         Ok(())
     }
@@ -492,6 +493,7 @@ impl russh::server::Handler for Connection {
 struct Console {
     shared: Arc<Shared>,
     actor: Actor,
+    access: console::Access,
     /// The session, to keep it from counting as idle while a command runs.
     session: russh::server::Handle,
     channel: ChannelId,
@@ -507,8 +509,12 @@ const BUSY_HEARTBEAT: Duration = Duration::from_secs(10);
 /// store) is not idle: russh restarts its inactivity timer on every message from our side, and
 /// an empty data message puts nothing on the wire, so one is sent every [`BUSY_HEARTBEAT`].
 async fn run_line(console: &Console, line: String) -> Outcome {
-    let (store, actor) = (console.shared.store.clone(), console.actor.clone());
-    let work = tokio::task::spawn_blocking(move || console::execute(&store, &actor, &line));
+    let (store, actor, access) = (
+        console.shared.store.clone(),
+        console.actor.clone(),
+        console.access,
+    );
+    let work = tokio::task::spawn_blocking(move || console::execute(&store, &actor, &line, access));
     tokio::pin!(work);
     let beat = console.shared.idle_limit.map_or(BUSY_HEARTBEAT, |limit| {
         (limit / 3).clamp(Duration::from_millis(50), BUSY_HEARTBEAT)
@@ -898,7 +904,7 @@ mod tests {
         key_file(&dir.path().join("op"), &op);
         key_file(&dir.path().join("srv"), &srv);
         let keys =
-            Arc::new(Keyring::load(&dir.path().join("op"), &dir.path().join("srv")).unwrap());
+            Arc::new(Keyring::load(&dir.path().join("op"), &dir.path().join("srv"), None).unwrap());
         let store = Store::open(&dir.path().join("data"), Options::default()).unwrap();
         let host = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
         let shared = Arc::new(Shared {

@@ -471,6 +471,61 @@ fn command_and_no_pty_options_are_enforced() {
         .assert_stdout("configuration \"q\" not found\r\n");
 }
 
+/// `-viewauth FILE`: its keys get the console's commands that only show (spec A7: the
+/// original had no authorization model, every operator could delete everything); anything
+/// else is refused, audited, and so are uploads. A key in both files is an operator.
+#[test]
+fn viewer_keys_only_look() {
+    let keys = Keys::new();
+    let viewer = keys.extra("viewer");
+    let view_file = keys.operator_keys.with_file_name("viewer.keys");
+    fs::write(
+        &view_file,
+        format!(
+            "# read-only\n{}{}",
+            keys.public(&viewer),
+            keys.public(&keys.operator)
+        ),
+    )
+    .unwrap();
+    let reg = Registry::start_in(None, keys, &["-viewauth", view_file.to_str().unwrap()]);
+    add_version(&reg, "code", "v1", &tar_gz(&[("f", b"1")]));
+    reg.ssh("addconf -name web -layer code:v1").assert_ok();
+    let shown = reg.ssh("showconf -name web").stdout_str();
+    reg.ssh_as("eve", &viewer, "showconf -name web")
+        .assert_code(0)
+        .assert_stdout(&shown);
+    reg.ssh_as("eve", &viewer, "components").assert_ok();
+    reg.ssh_as("eve", &viewer, "delconf -name web -force")
+        .assert_code(1)
+        .assert_stdout("delconf: not allowed with a read-only key\n");
+    reg.ssh_as("eve", &viewer, "showconf -name web").assert_ok();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.bin");
+    fs::write(&file, b"data").unwrap();
+    let out = reg.sftp("eve", &viewer, &format!("put {} f.bin\n", file.display()));
+    assert_ne!(out.code(), Some(0), "a viewer uploaded:\n{out}");
+    out.assert_stderr_contains("subsystem request failed");
+    // The interactive console too.
+    let mut c = reg.ssh_cmd(&viewer);
+    c.arg("-tt").arg(reg.dest("eve"));
+    let out = e2e::run(&mut c, Some(b"addconf -name x -layer code:v1\rexit\r"));
+    assert!(
+        out.stdout_str()
+            .contains("addconf: not allowed with a read-only key"),
+        "{out}"
+    );
+    let audit = reg.ssh("audit").stdout_str();
+    assert!(
+        audit.lines().any(|l| l.contains("eve")
+            && l.contains("fail: read-only key")
+            && l.contains("delconf")),
+        "{audit}"
+    );
+    // The operator's key is in the viewer file too: still an operator.
+    reg.ssh("delconf -name web -force").assert_ok();
+}
+
 #[test]
 fn only_the_sftp_subsystem_exists() {
     let reg = Registry::start();

@@ -35,8 +35,16 @@ impl Outcome {
     }
 }
 
-/// Runs one console line for `actor`.
-pub fn execute(store: &Store, actor: &Actor, line: &str) -> Outcome {
+/// What a console may do: everything, or only the commands that show ([`Command::shows_only`]:
+/// the keys of `-viewauth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Full,
+    ReadOnly,
+}
+
+/// Runs one console line for `actor`, with `access`.
+pub fn execute(store: &Store, actor: &Actor, line: &str, access: Access) -> Outcome {
     if line.len() > MAX_LINE {
         return Outcome::fail(format!(
             "command line too long: {} bytes, the limit is {MAX_LINE}\n",
@@ -49,6 +57,13 @@ pub fn execute(store: &Store, actor: &Actor, line: &str) -> Outcome {
         Err(_) => return Outcome::fail(format!("{}\n", ParseError::Syntax)),
     };
     let (outcome, failure) = match Command::parse(&words) {
+        Ok(command) if access == Access::ReadOnly && !command.shows_only() => (
+            Outcome::fail(format!(
+                "{}: not allowed with a read-only key\n",
+                command.name()
+            )),
+            Some("read-only key".to_string()),
+        ),
         Ok(command) => run(store, actor, command),
         Err(err) => {
             let text = match &err {
@@ -234,32 +249,64 @@ mod tests {
     }
 
     #[test]
+    fn read_only_access_runs_what_shows_and_refuses_the_rest() {
+        let (_dir, store, actor) = setup();
+        let ro = |line: &str| execute(&store, &actor, line, Access::ReadOnly);
+        assert_eq!(ro("components"), Outcome::ok(String::new()));
+        assert_eq!(
+            ro("showconf -name nope").output,
+            "configuration \"nope\" not found\n"
+        );
+        for (line, word) in [
+            ("addconf -name p -layer c:v", "addconf"),
+            ("delconf -name p -force", "delconf"),
+            ("rollback -name p", "rollback"),
+            ("fsck", "fsck"),
+        ] {
+            assert_eq!(
+                ro(line),
+                Outcome::fail(format!("{word}: not allowed with a read-only key\n")),
+                "{line}"
+            );
+        }
+        // A line that does not parse gets its usual text, as for anyone.
+        assert_eq!(ro("showconf").output, "name should be set\n");
+        let audit = store.audit(100).unwrap();
+        assert!(
+            audit
+                .iter()
+                .any(|r| r.command == "fsck" && r.result == "fail: read-only key"),
+            "{audit:?}"
+        );
+    }
+
+    #[test]
     fn console_texts() {
         let (_dir, store, actor) = setup();
-        let out = execute(&store, &actor, "help");
+        let out = execute(&store, &actor, "help", Access::Full);
         assert_eq!(out, Outcome::ok(format!("{HELP_LISTING}\n")));
         assert_eq!(
-            execute(&store, &actor, "showconf \"x").output,
+            execute(&store, &actor, "showconf \"x", Access::Full).output,
             "invalid command line string\n"
         );
         assert_eq!(
-            execute(&store, &actor, "frobnicate").output,
+            execute(&store, &actor, "frobnicate", Access::Full).output,
             format!("{UNKNOWN_COMMAND}\n")
         );
         assert_eq!(
-            execute(&store, &actor, "showconf").output,
+            execute(&store, &actor, "showconf", Access::Full).output,
             "name should be set\n"
         );
-        let out = execute(&store, &actor, "delconf -name x");
+        let out = execute(&store, &actor, "delconf -name x", Access::Full);
         assert_eq!(
             out,
             Outcome::fail("Run command with -force flag to confirm removal\n".into())
         );
         assert_eq!(
-            execute(&store, &actor, "showconf -name nope").output,
+            execute(&store, &actor, "showconf -name nope", Access::Full).output,
             "configuration \"nope\" not found\n"
         );
-        let out = execute(&store, &actor, "showconf -x");
+        let out = execute(&store, &actor, "showconf -x", Access::Full);
         assert!(
             out.output
                 .starts_with("flag provided but not defined: -x\nUsage of showconf:\n"),
@@ -267,12 +314,12 @@ mod tests {
         );
         assert_eq!(out.status, 1);
         assert_eq!(
-            execute(&store, &actor, "components"),
+            execute(&store, &actor, "components", Access::Full),
             Outcome::ok(String::new())
         );
         let long = format!("help {}", "a".repeat(MAX_LINE));
         assert!(
-            execute(&store, &actor, &long)
+            execute(&store, &actor, &long, Access::Full)
                 .output
                 .starts_with("command line too long")
         );
