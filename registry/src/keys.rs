@@ -1,4 +1,5 @@
-//! Authorized keys: the operator and service key files, their options, and live reloading.
+//! Authorized keys: the operator and service key files (and the viewer file of `-viewauth`,
+//! read-only operators: see [`Role`]), their options, and live reloading.
 //!
 //! Differences from deploy-tools (spec 1.5, A6, A9):
 //! - comments (`#`) and blank lines are allowed; any other line that does not parse is an error
