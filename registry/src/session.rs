@@ -320,12 +320,9 @@ impl russh::server::Handler for Connection {
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let allowed = self.role().is_some_and(Role::has_console) && !self.restrictions.no_pty;
         match self.channels.get_mut(&channel) {
-            Some(pending)
-                if !pending.started
-                    && !self.restrictions.no_pty
-                    && self.login.as_ref().is_some_and(|(r, _)| r.has_console()) =>
-            {
+            Some(pending) if allowed && !pending.started => {
                 pending.pty = Some(Pty { cols: col_width });
                 pending.requests += 1;
                 session.channel_success(channel)?;
@@ -346,8 +343,9 @@ impl russh::server::Handler for Connection {
     ) -> Result<(), Self::Error> {
         // Accepted even after the console started (B12): the running shell gets the same
         // message through its channel and resizes.
+        let console = self.role().is_some_and(Role::has_console);
         match self.channels.get_mut(&channel) {
-            Some(pending) if self.login.as_ref().is_some_and(|(r, _)| r.has_console()) => {
+            Some(pending) if console => {
                 if let Some(pty) = &mut pending.pty {
                     pty.cols = col_width;
                 }

@@ -76,23 +76,23 @@ pub struct Context<F> {
     /// Cancelled when the session was stuck: the connection is to be dropped.
     pub stuck: CancellationToken,
     /// The room for waiting input that all sessions share ([`crate::server::input_room`]).
-    pub total_budget: Arc<Semaphore>,
+    pub input_room: Arc<Semaphore>,
 }
 
 impl<F> Context<F> {
     /// `before_close`, the stall limit for an idle limit of `idle_limit`, and the server's
-    /// `stuck` token and `total_budget`.
+    /// `stuck` token and `input_room`.
     pub fn new(
         before_close: F,
         idle_limit: Option<Duration>,
         stuck: CancellationToken,
-        total_budget: Arc<Semaphore>,
+        input_room: Arc<Semaphore>,
     ) -> Context<F> {
         Context {
             before_close,
             stall_limit: crate::server::stall_limit(idle_limit),
             stuck,
-            total_budget,
+            input_room,
         }
     }
 
@@ -116,7 +116,7 @@ where
     H: server::View,
     F: Future<Output = ()>,
 {
-    let (stream, reader) = stream::decoupled_parts(stream, cx.total_budget);
+    let (stream, reader) = stream::decoupled_parts(stream, cx.input_room);
     let (input, output) = stream.into_inner();
     let ended = server::serve(input, output, handler, MAX_PACKET, cx.stall_limit).await;
     // The reader task ends once the loop dropped the queue; the read half it returns keeps the

@@ -39,9 +39,9 @@ pub async fn serve(stream: ChannelStream<Msg>, store: Store, actor: Actor) {
     serve_on(stream, store, actor, super::Context::alone(async {})).await;
 }
 
-/// Like [`serve`], in the connection's context `cx`: its `before_close` runs after the session ended
-/// and before the channel closes, the place to send `exit-status` 0 as sshd does, which `scp`
-/// (SFTP mode) requires to report success.
+/// Like [`serve`], in the connection's context `cx`: its `before_close` runs after the session
+/// ended and before the channel closes, the place to send `exit-status` 0 as sshd does, which
+/// `scp` (SFTP mode) requires to report success.
 pub async fn serve_then(
     stream: ChannelStream<Msg>,
     store: Store,

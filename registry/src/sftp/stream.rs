@@ -10,10 +10,11 @@
 //! russh's session loop never blocks on us. It queues whole SFTP packets, each read into a
 //! buffer of its size: a 255 KiB WRITE reaches the upload without another copy, and wakes the
 //! SFTP loop once rather than once per SSH packet. The queue holds at most [`QUEUE_CAP`] bytes,
-//! and all queues together [`crate::server::TOTAL_INPUT_CAP`]; past that the reader waits for the SFTP loop to
-//! consume. Only request bytes count, and requests other than WRITE are tens of bytes, so the
-//! cap is reached only by writes, whose replies are tiny and never wait for window: pausing then
-//! cannot close the cycle above (a client that breaks it on purpose: `server::Ended::Stuck`).
+//! and all queues together [`crate::server::TOTAL_INPUT_CAP`]; past that the reader waits for
+//! the SFTP loop to consume. Only request bytes count, and requests other than WRITE are tens
+//! of bytes, so the cap is reached only by writes, whose replies are tiny and never wait for
+//! window: pausing then cannot close the cycle above (a client that breaks it on purpose:
+//! `server::Ended::Stuck`).
 
 use std::io;
 use std::pin::Pin;
