@@ -594,6 +594,126 @@ fn rolling_update_rollback_adoption_and_shutdown() {
     assert!(TcpStream::connect(("127.0.0.1", proxy)).is_err());
 }
 
+/// The waits before the next poll that the agent logged after failed ticks, in seconds.
+fn poll_waits(log: &str) -> Vec<f64> {
+    log.split("next poll in ")
+        .skip(1)
+        .filter_map(|rest| {
+            let d = rest.split_whitespace().next()?;
+            match d.strip_suffix("ms") {
+                Some(ms) => ms.parse::<f64>().ok().map(|v| v / 1000.0),
+                None => d.strip_suffix('s')?.parse().ok(),
+            }
+        })
+        .collect()
+}
+
+/// When healing the current image fails its health check, the tag is not given up like a bad
+/// new release: the next ticks (backing off) try again, and the app gets its replicas back.
+#[test]
+fn a_failed_heal_is_tried_again_with_backoff() {
+    let _serial = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
+    let reg = OciRegistry::start();
+    let podman = Podman::start(&[&reg.host()]);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("agent");
+    fs::create_dir(&dir).unwrap();
+    // The health path is served from the host: replicas started while it is missing fail
+    // their check; those already running keep serving.
+    let live = work.path().join("live");
+    fs::create_dir(&live).unwrap();
+    fs::write(live.join("ok"), "ok").unwrap();
+    let app = "heal";
+    push_app(
+        work.path(),
+        &reg,
+        &format!("demo/{app}"),
+        "v1.0.0",
+        true,
+        None,
+    );
+    let proxy = free_port();
+    let args: Vec<String> = [
+        "--registry",
+        &format!("img://{}/demo/{app}", reg.host()),
+        "-p",
+        &format!("{proxy}:8080"),
+        "--replicas",
+        "2",
+        "--runtime",
+        "podman",
+        "--health-path",
+        "/live/ok",
+        "--health-timeout",
+        "3",
+        "--interval",
+        "1",
+        "--admin-port",
+        &free_port().to_string(),
+        "-l",
+        "debug",
+        "--",
+        "-v",
+        &format!("{}:/www/live:ro", live.display()),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut agent = Agent::start(&dir, &podman, &args, "heal");
+    let log = || agent.log();
+    wait_for(
+        "the v1 deploy",
+        || agent.log().contains("Container deployed successfully"),
+        &log,
+    );
+    assert!(only_version(&podman, app, "v1.0.0"), "{}", agent.log());
+
+    fs::remove_file(live.join("ok")).unwrap();
+    let gone = managed(&podman, app).remove(0);
+    podman.ok(&["rm", "-f", "-t", "0", &gone.name]);
+    wait_for(
+        "a failed heal, and the wait after it growing",
+        || {
+            let text = agent.log();
+            text.contains("deploy rolled back") && poll_waits(&text).iter().any(|&w| w > 1.5)
+        },
+        &log,
+    );
+    let seen = managed(&podman, app);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].state, "running", "{seen:?}");
+    assert_eq!(get(proxy, "/VERSION").as_deref(), Some("v1.0.0"));
+
+    fs::write(live.join("ok"), "ok").unwrap();
+    wait_for(
+        "the heal tried again",
+        || {
+            agent
+                .log()
+                .matches("Container deployed successfully")
+                .count()
+                == 2
+        },
+        &log,
+    );
+    assert!(
+        only_version(&podman, app, "v1.0.0"),
+        "{:?}\n{}",
+        managed(&podman, app),
+        agent.log()
+    );
+    assert!(
+        !agent
+            .log()
+            .contains("this image failed its health check and was rolled back"),
+        "{}",
+        agent.log()
+    );
+    assert!(served(proxy).iter().all(|s| s.as_deref() == Some("v1.0.0")));
+    agent.signal("-TERM");
+    assert!(agent.wait().success(), "{}", agent.log());
+}
+
 #[test]
 fn a_private_registry_is_logged_in_with_the_password_on_stdin() {
     let _serial = PODMAN.lock().unwrap_or_else(|e| e.into_inner());

@@ -65,7 +65,12 @@ pub async fn tick(app: &App, source: &ImgSource, lc: &mut Lifecycle) -> Result<(
     let n = match rolling(app, &image, tag).await {
         Ok(n) => n,
         Err(Failure::Unhealthy(e)) => {
-            lc.reject(tag);
+            // A new tag that fails is not tried again until a newer one. The tag that already
+            // runs is: healing it failed (the app's surroundings, a loaded host), its replicas
+            // still serve, and the next tick (after the backoff) tries to heal it again.
+            if running == 0 {
+                lc.reject(tag);
+            }
             app.ctx.metrics.inc(
                 "dewy_rollbacks_total",
                 "Releases rolled back after a failed health check.",

@@ -11,7 +11,9 @@
 //! proxy backends (Dewy's proxy stays empty after a restart until a new version comes); the
 //! current image is deployed again when fewer than `--replicas` of it run (Dewy: when none); a
 //! replaced replica is drained (up to `--drain-time`, until its proxied connections end)
-//! before it is stopped; image GC never removes the image of a running replica.
+//! before it is stopped; image GC never removes the image of a running replica; failed ticks
+//! back off as in the other modes (`--poll-backoff-max`), and a failed redeploy of the current
+//! image is tried again (a new tag that fails is not, until a newer one comes).
 
 pub mod deploy;
 pub mod health;
@@ -70,24 +72,34 @@ pub async fn run(ctx: Arc<Context>, url: RegistryUrl, source: ImgSource) -> bool
     };
     app.adopt().await;
     let mut lifecycle = Lifecycle::new(ctx.clone(), None);
-    let interval = Duration::from_secs(ctx.args.interval.max(1));
-    let mut ticks = tokio::time::interval(interval);
-    // A tick longer than the interval delays the next one: ticks never overlap.
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let poll = Duration::from_secs(ctx.args.interval.max(1));
+    let max_backoff = crate::dewy::max_backoff(&ctx.args);
+    let mut failures: u32 = 0;
     loop {
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => break,
-            _ = ticks.tick() => {}
-        }
         let result = tokio::select! {
             _ = ctx.cancel.cancelled() => break,
             r = deploy::tick(&app, &source, &mut lifecycle) => r,
         };
-        if let Err(e) = &result {
-            tracing::error!("{}", crate::agent::describe(e));
+        match &result {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                tracing::error!("{}", crate::agent::describe(e));
+                failures = failures.saturating_add(1);
+            }
         }
         lifecycle.tick_done(result.as_ref().map(|_| ())).await;
         app.refresh_metrics().await;
+        // As the other modes: the wait grows after failed ticks, so that a tag failing to heal
+        // (or a registry that is down) is not retried, with a container started each time,
+        // every interval.
+        let wait = crate::dewy::poll_delay(poll, failures, None, max_backoff);
+        if failures > 0 {
+            tracing::debug!("next poll in {}", common::goflag::format_duration(wait));
+        }
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => break,
+            () = tokio::time::sleep(wait) => {}
+        }
     }
     app.shutdown().await;
     true

@@ -106,6 +106,12 @@ struct ScriptBackoff {
 /// Longest wait between polls after errors, unless `--poll-backoff-max` says otherwise.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
+/// The longest wait between polls after errors: `--poll-backoff-max`, or our default.
+pub fn max_backoff(args: &common::dewy::cli::DewyArgs) -> Duration {
+    args.poll_backoff_max
+        .map_or(DEFAULT_MAX_BACKOFF, Duration::from_secs)
+}
+
 pub struct ReleaseAgent {
     opts: Options,
     /// The registry URL for the state's configuration name and logs.
@@ -650,7 +656,7 @@ fn dewy_key(release: &Release) -> Option<String> {
 /// second on, up to `max` (never below the interval itself, so a `max` of 0 is no backoff,
 /// Dewy's `--poll-backoff-max 0`), at least what the server asked for, ±10 % jitter so a
 /// fleet does not poll in step.
-fn poll_delay(
+pub fn poll_delay(
     poll: Duration,
     failures: u32,
     retry_after: Option<Duration>,

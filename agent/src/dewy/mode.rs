@@ -588,9 +588,7 @@ fn options_for(ctx: &Context) -> anyhow::Result<crate::cli::Options> {
     opts.script = None;
     opts.state = ctx.dir.join(".dewy").join("state.json");
     opts.poll = Duration::from_secs(ctx.args.interval.max(1));
-    if let Some(max) = ctx.args.poll_backoff_max {
-        opts.max_backoff = Duration::from_secs(max);
-    }
+    opts.max_backoff = super::max_backoff(&ctx.args);
     opts.slot = ctx.args.slot.clone();
     // The shared registry cache names its entry after this text: Dewy's, which has
     // `--calver` injected into the query.
