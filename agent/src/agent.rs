@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use common::config::{ComponentVersion, Configuration};
+use common::report::Report;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{Cache, CacheError};
@@ -27,12 +28,40 @@ pub enum Outcome {
     Backoff,
 }
 
+/// Whether `report` is to be sent: it says something new, or the last was sent
+/// [`REPORT_EVERY`] ago.
+fn report_due(sent: Option<&(Report, Instant)>, report: &Report, now: Instant) -> bool {
+    sent.is_none_or(|(last, at)| last != report || now.duration_since(*at) >= REPORT_EVERY)
+}
+
+/// This host's name, as the kernel has it.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
 /// A deploy that keeps failing at its script (or its state file) is retried with exponential
 /// backoff, not every poll (B17).
 struct ScriptBackoff {
     hash: String,
     attempts: u32,
     next: Instant,
+}
+
+/// A report is sent when what it says changed, and at least this often when it did not (the
+/// registry's `status` shows when each host last reported).
+const REPORT_EVERY: Duration = Duration::from_secs(600);
+
+/// Reporting to the registry after each poll (`-report-as`, `-no-report`).
+struct Reporting {
+    host: String,
+    /// The last report the registry took, and when.
+    sent: Option<(Report, Instant)>,
+    /// A failure to report was logged as a warning; the next ones go to debug until one works.
+    warned: bool,
 }
 
 pub struct Agent {
@@ -42,12 +71,23 @@ pub struct Agent {
     cancel: CancellationToken,
     corrupt_reported: Option<String>,
     backoff: Option<ScriptBackoff>,
+    reporting: Option<Reporting>,
+    /// Why the last poll failed (kept while a failed deploy waits for its backoff).
+    last_error: Option<String>,
 }
 
 impl Agent {
     pub fn new(opts: Options, target: client::Target, cancel: CancellationToken) -> Agent {
         let cache = Cache::new(opts.dir.join("cache"), opts.io_timeout);
         let source = RegistrySource::new(target, opts.io_timeout);
+        let reporting = opts.report_as.as_ref().map(|host| Reporting {
+            host: match host.as_str() {
+                "" => hostname(),
+                given => given.to_string(),
+            },
+            sent: None,
+            warned: false,
+        });
         Agent {
             opts,
             source,
@@ -55,6 +95,8 @@ impl Agent {
             cancel,
             corrupt_reported: None,
             backoff: None,
+            reporting,
+            last_error: None,
         }
     }
 
@@ -71,6 +113,9 @@ impl Agent {
                     false
                 }
             };
+            if !self.cancel.is_cancelled() {
+                self.report(&res).await;
+            }
             if self.opts.once || self.cancel.is_cancelled() {
                 return ok || self.cancel.is_cancelled();
             }
@@ -83,6 +128,43 @@ impl Agent {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.cancel.cancelled() => return true,
             }
+        }
+    }
+
+    /// Tells the registry what runs here and how the poll went, when that changed or every
+    /// [`REPORT_EVERY`]. Best effort: a registry that takes no reports (the original) costs
+    /// one warning.
+    async fn report(&mut self, res: &anyhow::Result<Outcome>) {
+        match res {
+            Ok(Outcome::Backoff) => {}
+            Ok(_) => self.last_error = None,
+            Err(e) => self.last_error = Some(describe(e)),
+        }
+        let Some(r) = &mut self.reporting else {
+            return;
+        };
+        let report = Report::new(
+            &self.opts.name,
+            &r.host,
+            state::load(&self.opts.state).hash(),
+            self.last_error.as_deref(),
+        );
+        if !report_due(r.sent.as_ref(), &report, Instant::now()) {
+            return;
+        }
+        match self.source.report(&report).await {
+            Ok(true) => {
+                r.sent = Some((report, Instant::now()));
+                r.warned = false;
+            }
+            Ok(false) => {}
+            Err(e) if !r.warned => {
+                r.warned = true;
+                tracing::warn!(
+                    "could not report to the registry (its status will not show this host): {e:#}"
+                );
+            }
+            Err(e) => tracing::debug!("could not report to the registry: {e:#}"),
         }
     }
 
@@ -418,6 +500,22 @@ pub fn describe(e: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reports_are_sent_when_they_change_or_are_old() {
+        let t0 = Instant::now();
+        let ok = Report::new("web", "h", "", None);
+        let failed = Report::new("web", "h", "", Some("no route"));
+        assert!(report_due(None, &ok, t0));
+        let sent = (ok.clone(), t0);
+        assert!(!report_due(Some(&sent), &ok, t0 + Duration::from_secs(599)));
+        assert!(report_due(
+            Some(&sent),
+            &failed,
+            t0 + Duration::from_secs(1)
+        ));
+        assert!(report_due(Some(&sent), &ok, t0 + REPORT_EVERY));
+    }
 
     #[test]
     fn go_join_cleans_like_filepath_join() {

@@ -47,6 +47,9 @@ pub struct Options {
     /// `?registry-ttl=D` to share registry results); empty = the file cache in Dewy's
     /// default directory. Checked at parse time.
     pub cache: String,
+    /// The host name reported to the registry after each poll (`status`); `None` with
+    /// `-no-report`. Empty: the hostname, found when the agent starts.
+    pub report_as: Option<String>,
 }
 
 pub fn flagset() -> FlagSet {
@@ -131,12 +134,21 @@ pub fn flagset() -> FlagSet {
                 "most bytes a configuration may unpack to",
             ),
             s("name", "", "configuration to track"),
+            b(
+                "no-report",
+                "do not report to the registry what runs here (its status command)",
+            ),
             b("once", "run one poll cycle and exit with its status"),
             dur("poll", 30, "registry poll interval"),
             s(
                 "registry",
                 "",
                 "registry `URL`: ssh://host:port/<configuration>, ghr://, s3://, gs://, img:// or grpc:// (instead of -addr and -name); Dewy's command line: deploy-agent server|assets|container --help",
+            ),
+            s(
+                "report-as",
+                "",
+                "host `name` the registry's status command lists this agent under (default: the hostname)",
             ),
             s("script", "./deploy.sh", "script to run on deploys"),
             dur(
@@ -243,6 +255,7 @@ pub fn parse(args: &[String]) -> Parse {
         registry: (!registry.is_empty()).then_some(registry),
         slot: p.string(&set, "slot"),
         cache,
+        report_as: (!p.bool("no-report")).then(|| p.string(&set, "report-as")),
     }))
 }
 

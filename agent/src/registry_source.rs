@@ -128,6 +128,30 @@ impl RegistrySource {
         res
     }
 
+    /// Sends `report` (for the registry's `status`) on the connection of the poll that just
+    /// ended. False when there is none (the poll could not connect): nothing was sent, and
+    /// the next poll reconnects.
+    pub async fn report(&self, report: &common::report::Report) -> anyhow::Result<bool> {
+        let Some((conn, _)) = self.conn.as_ref().filter(|(c, _)| !c.is_closed()) else {
+            return Ok(false);
+        };
+        let out = tokio::time::timeout(self.io_timeout, conn.exec(&report.to_line()))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no answer from the registry for {}s",
+                    self.io_timeout.as_secs()
+                )
+            })??;
+        if out.status != 0 {
+            anyhow::bail!(
+                "the registry refused it: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        Ok(true)
+    }
+
     /// A handle to fetch blobs with while connected.
     pub async fn blobs(&mut self) -> anyhow::Result<Blobs<'_>> {
         let sftp = self.session().await?;

@@ -1,8 +1,8 @@
 //! The registry console's grammar, shared by `deploy-registry` (which applies commands) and
 //! `deployctl` (which validates locally, then sends [`Command::to_line`]).
 //!
-//! Texts are byte-identical to deploy-tools (spec 1.7, 1.8); `history`, `rollback`, `audit` and
-//! `fsck` are ours, and `addver -hash` may name content that is already stored.
+//! Texts are byte-identical to deploy-tools (spec 1.7, 1.8); `history`, `rollback`, `audit`,
+//! `fsck` and `status` are ours, and `addver -hash` may name content that is already stored.
 
 use crate::config::Configuration;
 use crate::goflag::{Flag, FlagError, FlagSet, Kind, Parsed};
@@ -27,13 +27,14 @@ history         show saved states of configuration
 rollback        restore configuration to one of its saved states
 audit           show most recent console commands
 fsck            verify stored files and references
+status          show which configuration each agent runs
 
 use -h flag to get more help on a specific command";
 
 /// Printed (plus `\n`) for an unknown command, exit status 1. Unlike the original it lists
 /// `bumpconf` and our additions.
 pub const UNKNOWN_COMMAND: &str = "Unknown command, supported commands are:
-help, addver, addconf, changeconf, bumpconf, showconf, components, configurations, showcomp, delver, delcomp, delconf, history, rollback, audit, fsck";
+help, addver, addconf, changeconf, bumpconf, showconf, components, configurations, showcomp, delver, delcomp, delconf, history, rollback, audit, fsck, status";
 
 /// Validation messages (spec 1.8, `internal/shared/args.go`), and ours.
 mod msg {
@@ -126,6 +127,12 @@ pub struct Audit {
     pub limit: usize,
 }
 
+/// `status [-name]`: what the agents (of one configuration) last reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub name: Option<String>,
+}
+
 /// One parsed console command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -146,6 +153,7 @@ pub enum Command {
     Audit(Audit),
     /// `fsck`: re-hash every blob and check every reference.
     Fsck,
+    Status(Status),
 }
 
 /// Why a line did not become a [`Command`]. Every variant has exit status 1 on the console.
@@ -273,6 +281,7 @@ pub fn flag_set(command: &str) -> Option<FlagSet> {
             usage: "number of newest records to show",
         }],
         "fsck" => vec![],
+        "status" => vec![string_flag("name", CONFIGURATION_NAME)],
         _ => return None,
     };
     Some(FlagSet::new(command, flags))
@@ -434,6 +443,13 @@ impl Command {
                 })
             }
             "fsck" => Command::Fsck,
+            "status" => {
+                let name = s("name");
+                check_config_name(&name)?;
+                Command::Status(Status {
+                    name: (!name.is_empty()).then_some(name),
+                })
+            }
             // `flag_set` knows no other command.
             other => return Err(ParseError::Unknown(other.to_string())),
         })
@@ -457,6 +473,7 @@ impl Command {
                 | Command::Configurations
                 | Command::History(_)
                 | Command::Audit(_)
+                | Command::Status(_)
         )
     }
 
@@ -479,6 +496,7 @@ impl Command {
             Command::Rollback(_) => "rollback",
             Command::Audit(_) => "audit",
             Command::Fsck => "fsck",
+            Command::Status(_) => "status",
         }
     }
 
@@ -537,6 +555,7 @@ impl Command {
                 }
             }
             Command::Audit(c) => w.push(f("n", &c.limit.to_string())),
+            Command::Status(c) => w.extend(c.name.iter().map(|n| f("name", n))),
         }
         w
     }
@@ -693,6 +712,55 @@ pub mod render {
         tabwriter::format(&text)
     }
 
+    /// What an agent last reported for a configuration, as `status` lists it.
+    #[derive(Debug, Clone)]
+    pub struct StatusRow {
+        pub config: String,
+        pub host: String,
+        /// The configuration hash it runs; empty before its first deploy.
+        pub hash: String,
+        /// Why its last poll failed; `None` when it succeeded.
+        pub error: Option<String>,
+        pub reported: OffsetDateTime,
+        /// Where the report came from.
+        pub remote_addr: String,
+        /// The configuration's hash now; `None` once it was deleted.
+        pub current: Option<String>,
+    }
+
+    /// `status` output through tabwriter, by configuration then host:
+    /// `<configuration>\t<host>\t<state>\t<hash first 12>\t<reported RFC3339>\t<addr>\t<error>`
+    /// (the last column, only for failed polls, unpadded). The state is `failed` (its last poll
+    /// failed), `current` (it runs the configuration's hash), `behind` (it runs another, or
+    /// nothing yet: `-` for the hash) or `deleted` (the configuration is gone).
+    pub fn status(rows: &[StatusRow]) -> String {
+        let mut sorted: Vec<&StatusRow> = rows.iter().collect();
+        sorted.sort_by(|a, b| (&a.config, &a.host).cmp(&(&b.config, &b.host)));
+        let mut text = String::new();
+        for r in sorted {
+            let state = match (&r.error, &r.current) {
+                (Some(_), _) => "failed",
+                (None, None) => "deleted",
+                (None, Some(current)) if *current == r.hash => "current",
+                (None, Some(_)) => "behind",
+            };
+            let hash: String = match r.hash.as_str() {
+                "" => "-".to_string(),
+                h => h.chars().take(12).collect(),
+            };
+            text.push_str(&format!(
+                "{}\t{}\t{state}\t{}\t{}\t{}\t{}\n",
+                cell(&r.config),
+                cell(&r.host),
+                cell(&hash),
+                rfc3339_secs(r.reported),
+                cell(&r.remote_addr),
+                cell(r.error.as_deref().unwrap_or_default())
+            ));
+        }
+        tabwriter::format(&text)
+    }
+
     /// One audit record.
     #[derive(Debug, Clone)]
     pub struct AuditRow {
@@ -781,7 +849,10 @@ delconf         delete configuration
             .iter()
             .filter_map(|l| l.split(' ').next())
             .collect();
-        assert_eq!(&words[11..], ["history", "rollback", "audit", "fsck"]);
+        assert_eq!(
+            &words[11..],
+            ["history", "rollback", "audit", "fsck", "status"]
+        );
         assert_eq!(HELP_LISTING, HELP_LISTING.trim());
     }
 
@@ -819,6 +890,7 @@ delconf         delete configuration
             "rollback",
             "audit",
             "fsck",
+            "status",
         ] {
             assert!(listed.contains(&c), "{c}");
         }
@@ -1174,6 +1246,17 @@ delconf         delete configuration
         assert_eq!(invalid_text("audit -n 0"), "-n should be a positive number");
         assert_eq!(line("fsck"), Ok(Command::Fsck));
         assert_eq!(line("fsck extra"), Ok(Command::Fsck));
+        assert_eq!(line("status"), Ok(Command::Status(Status { name: None })));
+        assert_eq!(
+            line("status -name web"),
+            Ok(Command::Status(Status {
+                name: Some("web".into())
+            }))
+        );
+        assert_eq!(
+            invalid_text("status -name a/b"),
+            "name cannot contain / symbol"
+        );
     }
 
     #[test]
@@ -1187,6 +1270,8 @@ delconf         delete configuration
             "history -name p",
             "showconf -name p",
             "showcomp -name c",
+            "status",
+            "status -name p",
         ];
         let addver = format!("addver -name c -version v -hash {H}");
         let mutating = [
@@ -1302,6 +1387,9 @@ delconf         delete configuration
                 name: n.clone(),
                 to: Some(7),
             }));
+            round_trip(Command::Status(Status {
+                name: Some(n.clone()),
+            }));
         }
     }
 
@@ -1312,6 +1400,7 @@ delconf         delete configuration
             Command::Components,
             Command::Configurations,
             Command::Fsck,
+            Command::Status(Status { name: None }),
             Command::Audit(Audit { limit: 3 }),
         ] {
             round_trip(c);
@@ -1467,5 +1556,39 @@ delconf         delete configuration
              2026-11-22T07:00:01Z   bob     SHA256:defg   [::1]:5001       fail: \"a\\tb\" configuration not found   delconf '-name=a\\tb\\x1b[2J'\n"
         );
         assert_eq!(audit(&[]), "");
+    }
+
+    #[test]
+    fn render_status_by_configuration_and_host_with_states() {
+        let h1 = "1".repeat(64);
+        let h2 = "2".repeat(64);
+        let row =
+            |config: &str, host: &str, hash: &str, error: Option<&str>, current: Option<&str>| {
+                StatusRow {
+                    config: config.into(),
+                    host: host.into(),
+                    hash: hash.into(),
+                    error: error.map(str::to_string),
+                    reported: datetime!(2026-11-23 08:00:00 UTC),
+                    remote_addr: "10.0.0.1:4000".into(),
+                    current: current.map(str::to_string),
+                }
+            };
+        let rows = vec![
+            row("web", "web-2", &h1, Some("deploy script failed"), Some(&h2)),
+            row("web", "web-1", &h2, None, Some(&h2)),
+            row("db", "db\x1b[2J", &h1, None, Some(&h2)),
+            row("old", "web-1", "", None, None),
+            row("web", "web-3", "", None, Some(&h2)),
+        ];
+        assert_eq!(
+            status(&rows),
+            "db    db\\x1b[2J   behind    111111111111   2026-11-23T08:00:00Z   10.0.0.1:4000   \n\
+             old   web-1       deleted   -              2026-11-23T08:00:00Z   10.0.0.1:4000   \n\
+             web   web-1       current   222222222222   2026-11-23T08:00:00Z   10.0.0.1:4000   \n\
+             web   web-2       failed    111111111111   2026-11-23T08:00:00Z   10.0.0.1:4000   deploy script failed\n\
+             web   web-3       behind    -              2026-11-23T08:00:00Z   10.0.0.1:4000   \n"
+        );
+        assert_eq!(status(&[]), "");
     }
 }

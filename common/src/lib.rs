@@ -14,6 +14,7 @@
 //! - [`gostr`]: Go's `%q` quoting.
 //! - [`tabwriter`]: Go's `text/tabwriter` as the console configures it.
 //! - [`console`]: the console grammar: commands, flags, validation texts, help, output rendering.
+//! - [`report`]: what an agent reports to the registry after each poll.
 
 pub mod config;
 pub mod console;
@@ -24,6 +25,7 @@ pub mod goerr;
 pub mod goflag;
 pub mod gojson;
 pub mod gostr;
+pub mod report;
 pub mod shellwords;
 pub mod tabwriter;
 pub mod timefmt;

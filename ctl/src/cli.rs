@@ -58,6 +58,7 @@ const CONSOLE_COMMANDS: &[&str] = &[
     "rollback",
     "audit",
     "fsck",
+    "status",
 ];
 
 /// The global flag set. Its defaults are shown in the usage, so they are the effective ones:

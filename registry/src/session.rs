@@ -1,5 +1,6 @@
 //! One SSH connection: authentication, roles, channel requests (spec 1.5, 1.6), and the tasks
-//! that serve a channel once it starts (console exec, interactive shell, SFTP).
+//! that serve a channel once it starts (console exec, interactive shell, SFTP, an agent's
+//! `report`).
 //!
 //! A `Channel<Msg>` has a bounded queue that russh fills with every request and data packet;
 //! left unread it blocks the whole session (spike-russh.md section 10, item 8). So a channel is
@@ -24,11 +25,15 @@ use crate::console::{self, MAX_LINE, Outcome};
 use crate::keys::{Restrictions, Role};
 use crate::server::Shared;
 use crate::store::Actor;
+use common::report::Report;
 
 /// Requests refused on a channel that has not started before we close it.
 const MAX_PENDING_REQUESTS: u32 = 64;
 /// Session channels open at once on one connection.
 const MAX_CHANNELS: usize = 8;
+/// Reports of one connection are recorded at most this often (each is a synced transaction;
+/// an agent sends one per poll).
+const REPORT_PACE: Duration = Duration::from_secs(1);
 
 /// Terminal size given by `pty-req`.
 #[derive(Debug, Clone, Copy)]
@@ -120,6 +125,8 @@ pub struct Connection {
     /// What the login key's options forbid (operators only: see `keys`).
     restrictions: Restrictions,
     channels: HashMap<ChannelId, PendingChannel>,
+    /// When the next `report` of this connection may be recorded.
+    next_report: tokio::time::Instant,
 }
 
 impl Connection {
@@ -139,6 +146,7 @@ impl Connection {
             login: None,
             restrictions: Restrictions::default(),
             channels: HashMap::new(),
+            next_report: tokio::time::Instant::now(),
         }
     }
 
@@ -200,6 +208,58 @@ impl Connection {
             .as_ref()
             .map(|(_, actor)| actor.clone())
             .unwrap_or_default()
+    }
+
+    /// The one exec a service key may run: an agent's `report` (`common::report`), recorded
+    /// for `status`. Any other line is refused, as before reports existed.
+    async fn report(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), anyhow::Error> {
+        let Some(parsed) = Report::parse_line(&String::from_utf8_lossy(data)) else {
+            return self.refuse(channel, session);
+        };
+        let Some((ch, _)) = self.start(channel).await else {
+            return self.refuse(channel, session);
+        };
+        session.channel_success(channel)?;
+        let at = self.next_report.max(tokio::time::Instant::now());
+        self.next_report = at + REPORT_PACE;
+        let (store, actor) = (self.shared.store.clone(), self.actor());
+        self.spawn(async move {
+            let (mut reader, writer) = ch.split();
+            let drain = tokio::spawn(async move { while reader.wait().await.is_some() {} });
+            tokio::time::sleep_until(at).await;
+            let (output, status) = match parsed {
+                Err(why) => {
+                    tracing::warn!(addr = %actor.remote_addr, key = %actor.key_fingerprint, "agent report refused: {why}");
+                    (format!("{why}\n"), 1)
+                }
+                Ok(report) => {
+                    let recorded = tokio::task::spawn_blocking(move || {
+                        let done = store.record_status(&report, &actor);
+                        if done.is_ok() {
+                            tracing::debug!(host = %report.host, config = %report.name, hash = %report.hash, error = ?report.error, addr = %actor.remote_addr, "agent report");
+                        }
+                        done
+                    })
+                    .await;
+                    match recorded {
+                        Ok(Ok(())) => (String::new(), 0),
+                        Ok(Err(e)) => {
+                            tracing::error!("recording an agent report: {e:#}");
+                            (format!("{e}\n"), 1)
+                        }
+                        Err(_) => ("internal error\n".to_string(), 1),
+                    }
+                }
+            };
+            let _ = finish(&writer, output.as_bytes(), status).await;
+            drain.abort();
+        });
+        Ok(())
     }
 }
 
@@ -383,6 +443,9 @@ impl russh::server::Handler for Connection {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.role() == Some(Role::Service) {
+            return self.report(channel, data, session).await;
+        }
         // The original refused an empty command (payload not longer than its length prefix).
         if !self.role().is_some_and(Role::has_console) || data.is_empty() {
             return self.refuse(channel, session);

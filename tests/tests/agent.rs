@@ -997,3 +997,98 @@ fn empty_script_flag_skips_the_script() {
     assert!(!host.path().join("deploys.log").exists());
     assert_eq!(fs::read(host.path().join("current/a")).unwrap(), b"1");
 }
+
+/// What the registry's `status` shows after agents report (deploy-tools B19: the original's
+/// agents report nothing): per configuration and host, the state, the hash that runs, when,
+/// from where, and why the last poll failed.
+#[test]
+fn status_shows_what_each_host_reported() {
+    let reg = Registry::start();
+    let (a, b, c) = (Host::new(), Host::new(), Host::new());
+    add_version(&reg, "code", "v01", &tar_gz(&[("a", b"1")]));
+    reg.ssh("addconf -name project1 -layer code:v01")
+        .assert_ok();
+    let v01 = config_hash(&reg.served_config("project1"));
+    a.once(&reg, &["-report-as", "web-1"]).assert_ok();
+    b.script("#!/bin/sh\nexit 3\n");
+    b.once(&reg, &["-report-as", "web 2; x"]).assert_fail();
+    c.once(&reg, &["-no-report"]).assert_ok();
+    // Rows by configuration and host; columns split on runs of spaces, the error last.
+    let rows = |name: Option<&str>| -> Vec<Vec<String>> {
+        let cmd = name.map_or("status".to_string(), |n| format!("status -name {n}"));
+        let out = reg.ssh(&cmd);
+        out.assert_ok();
+        out.stdout_str()
+            .lines()
+            .map(|l| {
+                l.split("   ")
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .collect()
+    };
+    let now = rows(None);
+    assert_eq!(now.len(), 2, "{now:?}");
+    let (web2, web1) = (&now[0], &now[1]);
+    assert_eq!(
+        web1[..4],
+        ["project1", "web-1", "current", &v01[..12]],
+        "{now:?}"
+    );
+    assert!(
+        web1[4].ends_with('Z') && web1[5].starts_with("127.0.0.1:"),
+        "{now:?}"
+    );
+    assert_eq!(
+        web2[..4],
+        ["project1", "web 2; x", "failed", "-"],
+        "{now:?}"
+    );
+    assert!(web2[6].contains("exit status 3"), "{now:?}");
+
+    // A new state of the configuration: web-1 is behind until it polls; the failed host
+    // deploys once its script works.
+    add_version(&reg, "code", "v02", &tar_gz(&[("a", b"2")]));
+    reg.ssh("changeconf -name project1 -component code -version v02")
+        .assert_ok();
+    let v02 = config_hash(&reg.served_config("project1"));
+    assert_eq!(rows(Some("project1"))[1][2], "behind");
+    b.script(SCRIPT);
+    b.once(&reg, &["-report-as", "web 2; x"]).assert_ok();
+    let now = rows(Some("project1"));
+    assert_eq!(
+        now[0][..4],
+        ["project1", "web 2; x", "current", &v02[..12]],
+        "{now:?}"
+    );
+    assert_eq!(now[0].len(), 6, "no error once a poll succeeded: {now:?}");
+    assert!(rows(Some("other")).is_empty());
+    // Reports outlive their configuration, marked.
+    reg.ssh("delconf -name project1 -force").assert_ok();
+    assert!(
+        rows(None).iter().all(|r| r[2] == "deleted"),
+        "{:?}",
+        rows(None)
+    );
+
+    // A service key may send reports and nothing else; a bad report is refused and says why.
+    let svc = &reg.keys.service;
+    let bad = reg.ssh_as(
+        "deploy-agent",
+        svc,
+        "report -name project1 -host h -hash abc",
+    );
+    bad.assert_code(1);
+    bad.assert_stdout_contains("-hash should be empty or 64 lowercase hex digits");
+    reg.ssh_as("deploy-agent", svc, "status").assert_fail();
+    let good = format!("report -name project1 -host h -hash {v02} -error 'disk full'");
+    reg.ssh_as("deploy-agent", svc, &good).assert_ok();
+    assert!(
+        rows(None)
+            .iter()
+            .any(|r| r[1] == "h" && r[2] == "failed" && r[6] == "disk full"),
+        "{:?}",
+        rows(None)
+    );
+}

@@ -254,6 +254,11 @@ fn every_subcommand_happy_path() {
     let audit = ok(&ctl(&reg, &["audit"]));
     assert!(audit.contains("addconf"), "{audit}");
     ctl(&reg, &["fsck"]).assert_code(0);
+    // No agent reported yet; the flag is checked locally, as the console checks it.
+    eqnice!("", ok(&ctl(&reg, &["status", "-name", "web"])));
+    ctl(&reg, &["status", "-name", "a/b"])
+        .assert_code(1)
+        .assert_stderr_contains("name cannot contain / symbol");
 
     // deletes
     eqnice!("", ok(&ctl(&reg, &["delconf", "-name", "web", "-force"])));

@@ -496,6 +496,7 @@ fn viewer_keys_only_look() {
         .assert_code(0)
         .assert_stdout(&shown);
     reg.ssh_as("eve", &viewer, "components").assert_ok();
+    reg.ssh_as("eve", &viewer, "status").assert_ok();
     reg.ssh_as("eve", &viewer, "delconf -name web -force")
         .assert_code(1)
         .assert_stdout("delconf: not allowed with a read-only key\n");

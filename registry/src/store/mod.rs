@@ -23,8 +23,8 @@
 //! `fsck`) happen outside the mutex.
 //!
 //! Layout: `schema` (tables, pragmas), `uploads` (durable uploads and their expiry), `catalog`
-//! (console commands and the service view), `housekeeping` (pruning, GC), `fsck`, `migrate` +
-//! `bolt` (one-off import of a deploy-tools `state.db`).
+//! (console commands and the service view), `status` (what agents report), `housekeeping`
+//! (pruning, GC), `fsck`, `migrate` + `bolt` (one-off import of a deploy-tools `state.db`).
 
 mod bolt;
 mod catalog;
@@ -32,6 +32,7 @@ mod fsck;
 mod housekeeping;
 mod migrate;
 mod schema;
+mod status;
 mod uploads;
 
 use std::fs::{DirBuilder, File, OpenOptions};

@@ -17,7 +17,7 @@ use super::{Ctx, Result};
 
 /// `PRAGMA user_version` of the schema below. A database with a newer version is refused
 /// rather than misread.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE components (
@@ -86,6 +86,22 @@ CREATE TABLE audit (
 );
 ";
 
+/// Version 2: what agents report (`status`). One row per configuration and host, replaced by
+/// each report; no foreign key, so that a report about a deleted configuration still shows.
+const SCHEMA_V2: &str = "
+CREATE TABLE agent_status (
+    config TEXT NOT NULL,
+    host TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    error TEXT,                      -- NULL: the agent's last poll succeeded
+    reported INTEGER NOT NULL,       -- unix nanoseconds
+    addr TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    PRIMARY KEY (config, host)
+) WITHOUT ROWID;
+CREATE INDEX agent_status_by_time ON agent_status(reported);
+";
+
 /// Opens (creating if missing) the database at `path` and brings its schema up to date.
 pub(super) fn open_db(path: &Path) -> Result<Connection> {
     // SQLite creates a new database (and then its -wal and -shm files, which copy the
@@ -121,15 +137,56 @@ fn migrate(conn: &Connection, path: &Path) -> Result<()> {
     match version {
         0 => {
             let sql = format!(
-                "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                "BEGIN IMMEDIATE; {SCHEMA_V1} {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             );
             conn.execute_batch(&sql)
                 .ctx(|| format!("creating schema in {}", path.display()))
+        }
+        1 => {
+            let sql = format!(
+                "BEGIN IMMEDIATE; {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            );
+            conn.execute_batch(&sql)
+                .ctx(|| format!("upgrading the schema of {}", path.display()))
         }
         SCHEMA_VERSION => Ok(()),
         other => Err(super::internal(anyhow::anyhow!(
             "{} has schema version {other}, newer than this program's {SCHEMA_VERSION}",
             path.display()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_database_gains_the_status_table_and_keeps_its_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!(
+                "{SCHEMA_V1} PRAGMA user_version = 1; INSERT INTO components VALUES ('code');"
+            ))
+            .unwrap();
+        }
+        let conn = open_db(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM agent_status", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0);
+        let kept: String = conn
+            .query_row("SELECT name FROM components", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, "code");
+        drop(conn);
+        // Opened again, nothing to do.
+        open_db(&path).unwrap();
     }
 }

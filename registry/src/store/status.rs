@@ -1,0 +1,141 @@
+//! What agents report (`common::report`), kept for `status`: one row per configuration and
+//! host, replaced by each report. A service key is on every host of a fleet, so what it can
+//! make us keep is bounded: at most [`MAX_ROWS`] rows, the oldest reports dropped first.
+
+use common::console::render::StatusRow;
+use common::report::Report;
+use rusqlite::params;
+
+use super::{Actor, Ctx, Result, Store, join_time, unix_nanos};
+
+/// Rows kept: a fleet of thousands of hosts, each tracking a configuration or two.
+pub const MAX_ROWS: i64 = 20_000;
+
+impl Store {
+    /// Records `report`, sent by `actor`, replacing that host's previous one.
+    pub fn record_status(&self, report: &Report, actor: &Actor) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().ctx(|| "begin".into())?;
+        tx.execute(
+            "INSERT OR REPLACE INTO agent_status
+                 (config, host, hash, error, reported, addr, fingerprint)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                report.name,
+                report.host,
+                report.hash,
+                report.error,
+                unix_nanos(common::timefmt::now()),
+                actor.remote_addr,
+                actor.key_fingerprint,
+            ],
+        )
+        .ctx(|| "recording an agent report".into())?;
+        tx.execute(
+            "DELETE FROM agent_status WHERE (config, host) IN
+                 (SELECT config, host FROM agent_status ORDER BY reported
+                  LIMIT max(0, (SELECT count(*) FROM agent_status) - ?1))",
+            [MAX_ROWS],
+        )
+        .ctx(|| "trimming agent reports".into())?;
+        tx.commit().ctx(|| "commit of an agent report".into())
+    }
+
+    /// The last report of every host (of configuration `name` only, if given), with each
+    /// configuration's current hash.
+    pub fn status(&self, name: Option<&str>) -> Result<Vec<StatusRow>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT s.config, s.host, s.hash, s.error, s.reported, s.addr, c.hash
+                 FROM agent_status s LEFT JOIN configurations c ON c.name = s.config
+                 WHERE ?1 IS NULL OR s.config = ?1",
+            )
+            .ctx(|| "listing agent reports".into())?;
+        let rows = stmt
+            .query_map([name], |r| {
+                Ok((
+                    r.get::<_, i64>(4)?,
+                    StatusRow {
+                        config: r.get(0)?,
+                        host: r.get(1)?,
+                        hash: r.get(2)?,
+                        error: r.get(3)?,
+                        reported: common::timefmt::OffsetDateTime::UNIX_EPOCH,
+                        remote_addr: r.get(5)?,
+                        current: r.get(6)?,
+                    },
+                ))
+            })
+            .ctx(|| "listing agent reports".into())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (nanos, mut row) = row.ctx(|| "listing agent reports".into())?;
+            row.reported = join_time(
+                nanos.div_euclid(1_000_000_000),
+                nanos.rem_euclid(1_000_000_000),
+            )?;
+            out.push(row);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor(addr: &str) -> Actor {
+        Actor {
+            user: "deploy-agent".into(),
+            key_fingerprint: "SHA256:k".into(),
+            remote_addr: addr.into(),
+        }
+    }
+
+    #[test]
+    fn a_report_replaces_the_last_one_of_its_host_and_the_oldest_go_past_the_cap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), super::super::Options::default()).unwrap();
+        let h = "a".repeat(64);
+        store
+            .record_status(
+                &Report::new("web", "h1", "", Some("no layers yet")),
+                &actor("1"),
+            )
+            .unwrap();
+        store
+            .record_status(&Report::new("web", "h1", &h, None), &actor("2"))
+            .unwrap();
+        store
+            .record_status(&Report::new("db", "h1", &h, None), &actor("3"))
+            .unwrap();
+        let mut rows = store.status(None).unwrap();
+        rows.sort_by(|a, b| a.config.cmp(&b.config));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[1].hash.as_str(), rows[1].error.as_deref()),
+            (h.as_str(), None)
+        );
+        assert_eq!(rows[1].remote_addr, "2");
+        assert_eq!(rows[1].current, None, "no such configuration");
+        assert_eq!(store.status(Some("db")).unwrap().len(), 1);
+
+        // Past the cap the oldest reports go: h1's for db and web were first.
+        let conn = store.conn();
+        conn.execute_batch(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {})
+             INSERT INTO agent_status SELECT 'bulk', 'host' || i, '', NULL, 9e18, '', '' FROM n;",
+            MAX_ROWS - 1
+        ))
+        .unwrap();
+        drop(conn);
+        store
+            .record_status(&Report::new("web", "h2", &h, None), &actor("4"))
+            .unwrap();
+        let rows = store.status(None).unwrap();
+        assert_eq!(rows.len() as i64, MAX_ROWS);
+        assert!(rows.iter().any(|r| r.host == "h2"));
+        assert!(!rows.iter().any(|r| r.host == "h1" && r.config == "db"));
+    }
+}
