@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use common::config::{ComponentVersion, Configuration};
-use common::report::Report;
+use common::report::{REPORT_EVERY, Report};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{Cache, CacheError};
@@ -28,21 +28,6 @@ pub enum Outcome {
     Backoff,
 }
 
-/// Whether `report` is to be sent: it says something new, or the last was sent
-/// [`REPORT_EVERY`] ago.
-fn report_due(sent: Option<&(Report, Instant)>, report: &Report, now: Instant) -> bool {
-    sent.is_none_or(|(last, at)| last != report || now.duration_since(*at) >= REPORT_EVERY)
-}
-
-/// This host's name, as the kernel has it.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
-}
-
 /// A deploy that keeps failing at its script (or its state file) is retried with exponential
 /// backoff, not every poll (B17).
 struct ScriptBackoff {
@@ -50,10 +35,6 @@ struct ScriptBackoff {
     attempts: u32,
     next: Instant,
 }
-
-/// A report is sent when what it says changed, and at least this often when it did not (the
-/// registry's `status` shows when each host last reported).
-const REPORT_EVERY: Duration = Duration::from_secs(600);
 
 /// Reporting to the registry after each poll (`-report-as`, `-no-report`).
 struct Reporting {
@@ -401,6 +382,21 @@ impl Agent {
         );
         Ok(())
     }
+}
+
+/// Whether `report` is to be sent: it says something new, or the last was sent
+/// [`REPORT_EVERY`] ago.
+fn report_due(sent: Option<&(Report, Instant)>, report: &Report, now: Instant) -> bool {
+    sent.is_none_or(|(last, at)| last != report || now.duration_since(*at) >= REPORT_EVERY)
+}
+
+/// This host's name, as the kernel has it.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// Spec 3.3 step 4 plus the checks the original lacked (A13): every layer hash is a lowercase

@@ -730,15 +730,17 @@ pub mod render {
 
     /// `status` output through tabwriter, by configuration then host:
     /// `<configuration>\t<host>\t<state>\t<hash first 12>\t<reported RFC3339>\t<addr>\t<error>`
-    /// (the last column, only for failed polls, unpadded). The state is `failed` (its last poll
-    /// failed), `current` (it runs the configuration's hash), `behind` (it runs another, or
-    /// nothing yet: `-` for the hash) or `deleted` (the configuration is gone).
-    pub fn status(rows: &[StatusRow]) -> String {
+    /// (the last column, only for failed polls, unpadded). The state is `silent` (no report for
+    /// [`crate::report::SILENT_AFTER`] before `now`), `failed` (its last poll failed), `current`
+    /// (it runs the configuration's hash), `behind` (it runs another, or nothing yet: `-` for
+    /// the hash) or `deleted` (the configuration is gone).
+    pub fn status(rows: &[StatusRow], now: OffsetDateTime) -> String {
         let mut sorted: Vec<&StatusRow> = rows.iter().collect();
         sorted.sort_by(|a, b| (&a.config, &a.host).cmp(&(&b.config, &b.host)));
         let mut text = String::new();
         for r in sorted {
             let state = match (&r.error, &r.current) {
+                _ if now - r.reported > crate::report::SILENT_AFTER => "silent",
                 (Some(_), _) => "failed",
                 (None, None) => "deleted",
                 (None, Some(current)) if *current == r.hash => "current",
@@ -1574,21 +1576,27 @@ delconf         delete configuration
                     current: current.map(str::to_string),
                 }
             };
+        let mut gone = row("web", "web-4", &h2, None, Some(&h2));
+        gone.reported = datetime!(2026-11-23 07:29:59 UTC);
         let rows = vec![
             row("web", "web-2", &h1, Some("deploy script failed"), Some(&h2)),
             row("web", "web-1", &h2, None, Some(&h2)),
             row("db", "db\x1b[2J", &h1, None, Some(&h2)),
             row("old", "web-1", "", None, None),
+            gone,
             row("web", "web-3", "", None, Some(&h2)),
         ];
+        // Half an hour after 08:00 is not yet silent; web-4's report is older.
+        let now = datetime!(2026-11-23 08:30:00 UTC);
         assert_eq!(
-            status(&rows),
+            status(&rows, now),
             "db    db\\x1b[2J   behind    111111111111   2026-11-23T08:00:00Z   10.0.0.1:4000   \n\
              old   web-1       deleted   -              2026-11-23T08:00:00Z   10.0.0.1:4000   \n\
              web   web-1       current   222222222222   2026-11-23T08:00:00Z   10.0.0.1:4000   \n\
              web   web-2       failed    111111111111   2026-11-23T08:00:00Z   10.0.0.1:4000   deploy script failed\n\
-             web   web-3       behind    -              2026-11-23T08:00:00Z   10.0.0.1:4000   \n"
+             web   web-3       behind    -              2026-11-23T08:00:00Z   10.0.0.1:4000   \n\
+             web   web-4       silent    222222222222   2026-11-23T07:29:59Z   10.0.0.1:4000   \n"
         );
-        assert_eq!(status(&[]), "");
+        assert_eq!(status(&[], now), "");
     }
 }

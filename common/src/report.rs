@@ -5,6 +5,8 @@
 //! `report -name web -host web-3 -hash <running> [-error <why the last poll failed>]`, quoted
 //! with [`crate::shellwords`]. The registry accepts no other exec line from a service key.
 
+use std::time::Duration;
+
 use crate::goflag::{Flag, FlagSet, Kind};
 
 /// The command word.
@@ -13,6 +15,11 @@ pub const COMMAND: &str = "report";
 pub const MAX_HOST: usize = 255;
 /// Longest error text accepted; the agent shortens longer ones ([`Report::new`]).
 pub const MAX_ERROR: usize = 1024;
+/// An agent reports when what it says changes, and at least this often.
+pub const REPORT_EVERY: Duration = Duration::from_secs(600);
+/// A host whose last report is older than this has stopped polling (or reporting): `status`
+/// says `silent` (three reports missed).
+pub const SILENT_AFTER: Duration = Duration::from_secs(3 * 600);
 
 /// One agent's state for one configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -202,7 +202,9 @@ fn apply(store: &Store, actor: &Actor, command: Command) -> Result<Applied, Stor
             )
         }
         Command::Audit(c) => render::audit(&store.audit(c.limit)?),
-        Command::Status(c) => render::status(&store.status(c.name.as_deref())?),
+        Command::Status(c) => {
+            render::status(&store.status(c.name.as_deref())?, common::timefmt::now())
+        }
         Command::Fsck => {
             let report = store.fsck()?;
             let output = fsck_text(&report);
