@@ -8,6 +8,9 @@
 //! - on operator keys, `command="console line"` is enforced as sshd does: whatever the client
 //!   asks to run (a command, a shell), that line runs instead, and SFTP is refused; `no-pty`
 //!   and `restrict` (unless followed by `pty`) refuse a terminal (see [`Restrictions`]);
+//! - on service keys, `configs="pattern-list"` limits what the agent holding the key sees to
+//!   the configurations whose names match (and their layers' blobs), and what it may report
+//!   on (see [`Restrictions::may_see`]); the original let every agent key read everything (A7);
 //! - the files are re-read on SIGHUP, and on login when their mtime or size changed (checked at
 //!   most every [`RECHECK_INTERVAL`]).
 //!
@@ -52,6 +55,33 @@ pub struct Restrictions {
     pub command: Option<String>,
     /// `no-pty`, or `restrict` not followed by `pty`.
     pub no_pty: bool,
+    /// `configs="pattern-list"` (service keys only): the configurations the key may see.
+    pub configs: Option<String>,
+}
+
+impl Restrictions {
+    /// Whether the key may see configuration `name`: every one without `configs=`; else
+    /// those that match the list: comma-separated wildcard patterns (`*`, `?`), a match of
+    /// one negated with `!` denying outright, as in `from=`.
+    pub fn may_see(&self, name: &str) -> bool {
+        let Some(patterns) = &self.configs else {
+            return true;
+        };
+        let mut allowed = false;
+        for pattern in patterns.split(',').map(str::trim) {
+            let (negated, pattern) = match pattern.strip_prefix('!') {
+                Some(p) => (true, p),
+                None => (false, pattern),
+            };
+            if !pattern.is_empty() && wildcard_match(pattern, name) {
+                if negated {
+                    return false;
+                }
+                allowed = true;
+            }
+        }
+        allowed
+    }
 }
 
 /// sshd's key options that hold here without doing anything: the registry forwards nothing,
@@ -126,9 +156,10 @@ pub fn parse_key_file(path: &Path, text: &str) -> Result<Vec<AuthorizedKey>, Key
                     )
                 }
                 ("command", Some(v)) => restrictions.command = Some(v),
+                ("configs", Some(v)) => restrictions.configs = Some(v),
                 ("no-pty" | "restrict", None) => restrictions.no_pty = true,
                 ("pty", None) => restrictions.no_pty = false,
-                ("from" | "expiry-time" | "command", None) => {
+                ("from" | "expiry-time" | "command" | "configs", None) => {
                     return Err(bad(format!("option {name} needs a value")));
                 }
                 ("cert-authority", None) => cert_authority = true,
@@ -376,16 +407,30 @@ impl std::fmt::Display for Refusal {
 /// A key file and what was last read from it.
 struct Loaded {
     path: PathBuf,
+    role: Role,
     keys: Arc<Vec<AuthorizedKey>>,
     stamp: Option<(SystemTime, u64)>,
 }
 
 impl Loaded {
-    fn read(path: &Path) -> Result<Loaded, KeyFileError> {
+    /// Reads the file of `role`'s keys.
+    fn read(path: &Path, role: Role) -> Result<Loaded, KeyFileError> {
         let stamp = stamp(path);
         let keys = read_key_file(path)?;
+        // Only the service role is limited to some configurations: on a console key the option
+        // would be a restriction that nothing enforces.
+        if let Some(k) = keys.iter().find(|k| k.restrictions.configs.is_some())
+            && role != Role::Service
+        {
+            return Err(KeyFileError::Line {
+                path: path.to_path_buf(),
+                line: k.line,
+                reason: "option configs= is for service (agent) keys only".to_string(),
+            });
+        }
         Ok(Loaded {
             path: path.to_path_buf(),
+            role,
             keys: Arc::new(keys),
             stamp,
         })
@@ -415,9 +460,12 @@ impl Keyring {
         viewer: Option<&Path>,
     ) -> Result<Keyring, KeyFileError> {
         Ok(Keyring {
-            operator: RwLock::new(Loaded::read(operator)?),
-            service: RwLock::new(Loaded::read(service)?),
-            viewer: viewer.map(Loaded::read).transpose()?.map(RwLock::new),
+            operator: RwLock::new(Loaded::read(operator, Role::Operator)?),
+            service: RwLock::new(Loaded::read(service, Role::Service)?),
+            viewer: viewer
+                .map(|v| Loaded::read(v, Role::Viewer))
+                .transpose()?
+                .map(RwLock::new),
             last_check: Mutex::new(Instant::now()),
         })
     }
@@ -443,8 +491,11 @@ impl Keyring {
     /// Re-reads the files. A file that fails keeps its previous keys; the error is logged.
     pub fn reload(&self) {
         for slot in self.slots() {
-            let path = read_lock(slot).path.clone();
-            match Loaded::read(&path) {
+            let (path, role) = {
+                let loaded = read_lock(slot);
+                (loaded.path.clone(), loaded.role)
+            };
+            match Loaded::read(&path, role) {
                 Ok(fresh) => {
                     tracing::info!(file = %path.display(), keys = fresh.keys.len(), "reloaded authorized keys");
                     *slot.write().unwrap_or_else(|p| p.into_inner()) = fresh;
@@ -549,8 +600,8 @@ mod tests {
         assert_eq!(
             keys[1].restrictions,
             Restrictions {
-                command: None,
-                no_pty: true
+                no_pty: true,
+                ..Restrictions::default()
             }
         );
         assert_eq!(keys[0].restrictions, Restrictions::default());
@@ -662,6 +713,47 @@ mod tests {
         assert!(parse_expiry("20301231235959Z").is_some());
         assert!(parse_expiry("20301331").is_none());
         assert!(parse_expiry("2030123").is_none());
+    }
+
+    #[test]
+    fn configs_limits_service_keys_and_is_refused_on_console_keys() {
+        let text = format!("configs=\"web*,!web-secret,db\" {ED}\n{ED}\n");
+        let keys = parse_key_file(p(), &text).unwrap();
+        let limited = &keys[0].restrictions;
+        for (name, seen) in [
+            ("web", true),
+            ("web-eu", true),
+            ("web-secret", false),
+            ("db", true),
+            ("db2", false),
+            ("api", false),
+        ] {
+            assert_eq!(limited.may_see(name), seen, "{name}");
+        }
+        assert!(keys[1].restrictions.may_see("anything"));
+        assert!(parse_key_file(p(), &format!("configs {ED}\n")).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let (op, srv, view) = (
+            dir.path().join("op"),
+            dir.path().join("srv"),
+            dir.path().join("view"),
+        );
+        std::fs::write(&srv, &text).unwrap();
+        std::fs::write(&op, format!("{ED}\n")).unwrap();
+        std::fs::write(&view, format!("\nconfigs=\"web\" {ED}\n")).unwrap();
+        assert!(Keyring::load(&op, &srv, None).is_ok());
+        for file in [&srv, &view] {
+            let err = Keyring::load(file, &op, None).map(|_| ()).unwrap_err();
+            assert!(
+                matches!(&err, KeyFileError::Line { reason, .. } if reason.contains("service (agent) keys only")),
+                "{err}"
+            );
+        }
+        let err = Keyring::load(&op, &srv, Some(&view))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(err, KeyFileError::Line { line: 2, .. }), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::report::Report;
 use russh::keys::ssh_key::HashAlg;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelMsg};
@@ -25,14 +26,13 @@ use crate::console::{self, MAX_LINE, Outcome};
 use crate::keys::{Restrictions, Role};
 use crate::server::Shared;
 use crate::store::Actor;
-use common::report::Report;
 
 /// Requests refused on a channel that has not started before we close it.
 const MAX_PENDING_REQUESTS: u32 = 64;
 /// Session channels open at once on one connection.
 const MAX_CHANNELS: usize = 8;
 /// Reports of one connection are recorded at most this often (each is a synced transaction;
-/// an agent sends one per poll).
+/// an agent sends one when its state changes, and every 10 minutes).
 const REPORT_PACE: Duration = Duration::from_secs(1);
 
 /// Terminal size given by `pty-req`.
@@ -122,7 +122,7 @@ pub struct Connection {
     /// is to be dropped.
     stuck: CancellationToken,
     login: Option<(Role, Actor)>,
-    /// What the login key's options forbid (operators only: see `keys`).
+    /// What the login key's options forbid (see `keys`).
     restrictions: Restrictions,
     channels: HashMap<ChannelId, PendingChannel>,
     /// When the next `report` of this connection may be recorded.
@@ -218,9 +218,17 @@ impl Connection {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), anyhow::Error> {
-        let Some(parsed) = Report::parse_line(&String::from_utf8_lossy(data)) else {
+        let Some(mut parsed) = Report::parse_line(&String::from_utf8_lossy(data)) else {
             return self.refuse(channel, session);
         };
+        if let Ok(r) = &parsed
+            && !self.restrictions.may_see(&r.name)
+        {
+            parsed = Err(format!(
+                "report: configuration {:?} is not among this key's configs=",
+                r.name
+            ));
+        }
         let Some((ch, _)) = self.start(channel).await else {
             return self.refuse(channel, session);
         };
@@ -316,9 +324,9 @@ impl russh::server::Handler for Connection {
         {
             Ok((line, restrictions)) => {
                 tracing::debug!(%user, addr = %self.peer, key = %fingerprint, ?role, line, ?restrictions, "login");
-                if role.has_console() {
-                    self.restrictions = restrictions;
-                }
+                // A service key's `command=` and `no-pty` change nothing: that role has no
+                // console. Its `configs=` limits its SFTP view and reports.
+                self.restrictions = restrictions;
                 let actor = Actor {
                     user: user.to_string(),
                     key_fingerprint: fingerprint,
@@ -508,7 +516,12 @@ impl russh::server::Handler for Connection {
             Role::Operator => {
                 self.spawn(crate::sftp::operator::serve_then(stream, store, actor, cx))
             }
-            Role::Service => self.spawn(crate::sftp::service::serve_then(stream, store, cx)),
+            Role::Service => self.spawn(crate::sftp::service::serve_then(
+                stream,
+                store,
+                self.restrictions.clone(),
+                cx,
+            )),
             // Refused above.
             Role::Viewer => {}
         }

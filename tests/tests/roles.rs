@@ -548,3 +548,127 @@ fn only_the_sftp_subsystem_exists() {
     );
     out.assert_ok();
 }
+
+/// `configs="pattern-list"` on a service key: its agent sees only those configurations, and
+/// only the blobs they name; everything else does not exist for it (A7: every agent key read
+/// every configuration and blob). Reports are limited the same way.
+#[test]
+fn a_service_key_limited_to_some_configurations_sees_only_those() {
+    let keys = Keys::new();
+    let web_only = keys.extra("web-only");
+    let lines = format!(
+        "{}configs=\"web*,!web-secret\" {}",
+        keys.public(&keys.service),
+        keys.public(&web_only)
+    );
+    fs::write(&keys.service_keys, lines).unwrap();
+    let reg = Registry::start_in(None, keys, &[]);
+    let web_blob = add_version(&reg, "code", "v01", &tar_gz(&[("a", b"web")]));
+    let db_blob = add_version(&reg, "data", "v01", &tar_gz(&[("a", b"db")]));
+    let old_blob = add_version(&reg, "code", "v00", &tar_gz(&[("a", b"old")]));
+    reg.ssh("addconf -name web -layer code:v00").assert_ok();
+    reg.ssh("changeconf -name web -component code -version v01")
+        .assert_ok();
+    reg.ssh("addconf -name web-secret -layer data:v01")
+        .assert_ok();
+    reg.ssh("addconf -name db -layer data:v01").assert_ok();
+
+    let ls = |key: &std::path::Path, dir: &str| -> Vec<String> {
+        let out = reg.sftp("deploy-agent", key, &format!("ls -1 {dir}\n"));
+        out.assert_ok();
+        let mut names: Vec<String> = out
+            .stdout_str()
+            .lines()
+            .filter(|l| !l.starts_with("sftp>"))
+            .map(|l| l.rsplit('/').next().unwrap_or(l).to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let svc = reg.keys.service.clone();
+    assert_eq!(
+        ls(&svc, "configs"),
+        ["db.json", "web-secret.json", "web.json"]
+    );
+    assert_eq!(ls(&web_only, "configs"), ["web.json"]);
+    // The blobs of web, now and in its history (a rollback target); not db's.
+    let mut want = vec![web_blob.clone(), old_blob.clone()];
+    want.sort();
+    assert_eq!(ls(&web_only, "files"), want);
+    assert_eq!(ls(&svc, "files").len(), 3);
+
+    let dir = tempfile::tempdir().unwrap();
+    let get = |key: &std::path::Path, path: &str| {
+        let local = dir.path().join("got");
+        let _ = fs::remove_file(&local);
+        reg.sftp(
+            "deploy-agent",
+            key,
+            &format!("get {path} {}\n", local.display()),
+        )
+    };
+    get(&web_only, "configs/web.json").assert_ok();
+    get(&web_only, &format!("files/{web_blob}")).assert_ok();
+    for hidden in [
+        "configs/db.json".to_string(),
+        "configs/web-secret.json".to_string(),
+        format!("files/{db_blob}"),
+    ] {
+        let out = get(&web_only, &hidden);
+        assert_ne!(out.code(), Some(0), "{hidden} was readable:\n{out}");
+        // What sftp says of a file that does not exist at all.
+        out.assert_stderr_contains(&format!("File \"/{hidden}\" not found."));
+        get(&svc, &hidden).assert_ok();
+    }
+    // A blob that web comes to name becomes readable.
+    reg.ssh("addconf -name web -layer code:v01 -layer data:v01")
+        .assert_ok();
+    get(&web_only, &format!("files/{db_blob}")).assert_ok();
+
+    // A real agent with the limited key deploys web, and finds no db.
+    let agent = |name: &str| {
+        let host = tempfile::tempdir().unwrap();
+        let out = e2e::run(
+            Command::new(e2e::bin("deploy-agent"))
+                .current_dir(host.path())
+                .args([
+                    "-addr",
+                    &reg.addr(),
+                    "-fp",
+                    &reg.fingerprint(),
+                    "-name",
+                    name,
+                ])
+                .args(["-script", "", "-once", "-report-as", "agent-1", "-key"])
+                .arg(&web_only),
+            None,
+        );
+        (out, host)
+    };
+    let (out, host) = agent("web");
+    out.assert_ok();
+    assert!(
+        fs::read_to_string(host.path().join("state.json"))
+            .unwrap()
+            .contains(&db_blob),
+        "{out}"
+    );
+    let (out, _) = agent("db");
+    out.assert_fail();
+    out.assert_stderr_contains("file does not exist");
+    let status = reg.ssh("status").stdout_str();
+    assert!(status.contains("web   agent-1   current"), "{status}");
+    assert!(!status.contains("db "), "{status}");
+
+    let report = |name: &str| {
+        reg.ssh_as(
+            "deploy-agent",
+            &web_only,
+            &format!("report -name {name} -host h1 -hash {}", "0".repeat(64)),
+        )
+    };
+    report("web").assert_ok();
+    report("db")
+        .assert_code(1)
+        .assert_stdout_contains("report: configuration \"db\" is not among this key's configs=");
+}

@@ -10,6 +10,10 @@
 //! lists only stored blobs, and an unknown blob fails at OPEN rather than at the first READ.
 //! A blob is read through the descriptor opened at OPEN, so a GC that removes it meanwhile does
 //! not break a download in progress.
+//!
+//! A key limited to some configurations (`configs=`, see [`crate::keys::Restrictions`]) sees
+//! only those, and only the blobs that they or their history name: everything else does not
+//! exist for it (spec A7: any agent key read every configuration and blob).
 
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -31,6 +35,7 @@ use super::{
     MAX_HANDLES, MAX_READ_WRITE, bad_handle, denied, failure, internal, no_such_file,
     store_failure, too_many_handles,
 };
+use crate::keys::Restrictions;
 use crate::store::Store;
 
 /// Directory entries sent per READDIR answer (well inside one packet).
@@ -40,7 +45,13 @@ const READDIR_BATCH: usize = 128;
 // The frozen entry point; the session code uses `serve_then` (exit-status before close).
 #[allow(dead_code)]
 pub async fn serve(stream: ChannelStream<Msg>, store: Store) {
-    serve_on(stream, store, super::Context::alone(async {})).await;
+    serve_on(
+        stream,
+        store,
+        Restrictions::default(),
+        super::Context::alone(async {}),
+    )
+    .await;
 }
 
 /// Like [`serve`], in the connection's context `cx`: its `before_close` runs after the session
@@ -49,19 +60,22 @@ pub async fn serve(stream: ChannelStream<Msg>, store: Store) {
 pub async fn serve_then(
     stream: ChannelStream<Msg>,
     store: Store,
+    scope: Restrictions,
     cx: super::Context<impl Future<Output = ()> + Send>,
 ) {
-    serve_on(stream, store, cx).await;
+    serve_on(stream, store, scope, cx).await;
 }
 
 /// [`serve_then`] on any stream (tests drive it over an in-memory pipe).
-pub async fn serve_on<S, F>(stream: S, store: Store, cx: super::Context<F>)
+pub async fn serve_on<S, F>(stream: S, store: Store, scope: Restrictions, cx: super::Context<F>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
     F: Future<Output = ()>,
 {
     let handler = Service {
         store,
+        scope,
+        readable: None,
         handles: HashMap::new(),
         next_handle: 0,
     };
@@ -70,6 +84,10 @@ where
 
 struct Service {
     store: Store,
+    /// The login key's restrictions: `configs=` limits what this view shows.
+    scope: Restrictions,
+    /// With `configs=`: the blobs the key may read, as last computed.
+    readable: Option<std::collections::HashSet<String>>,
     handles: HashMap<String, Open>,
     next_handle: u64,
 }
@@ -187,7 +205,10 @@ fn stat_blob(
     }
 }
 
-fn config_json(store: &Store, name: &str) -> Result<Vec<u8>, StatusReply> {
+fn config_json(store: &Store, scope: &Restrictions, name: &str) -> Result<Vec<u8>, StatusReply> {
+    if !scope.may_see(name) {
+        return Err(no_such_file());
+    }
     match store.config_json(name) {
         Ok(Some(json)) => Ok(json),
         Ok(None) => Err(no_such_file()),
@@ -222,8 +243,9 @@ fn list_blobs(dir: &std::path::Path) -> Result<Vec<File>, StatusReply> {
     Ok(out)
 }
 
-fn list_configs(store: &Store) -> Result<Vec<File>, StatusReply> {
+fn list_configs(store: &Store, scope: &Restrictions) -> Result<Vec<File>, StatusReply> {
     let mut names = store.configurations().map_err(store_failure)?;
+    names.retain(|n| scope.may_see(n));
     names.sort();
     let mut out = Vec::with_capacity(names.len());
     for name in names {
@@ -245,11 +267,18 @@ fn list_root(store: &Store) -> Result<Vec<File>, StatusReply> {
     ])
 }
 
-fn stat_path(store: &Store, path: ServicePath) -> Result<FileAttributes, StatusReply> {
+/// Stat of `path`; a blob must have passed [`Service::may_read`].
+fn stat_path(
+    store: &Store,
+    scope: &Restrictions,
+    path: ServicePath,
+) -> Result<FileAttributes, StatusReply> {
     match path {
         ServicePath::Root | ServicePath::ConfigsDir => Ok(virtual_dir()),
         ServicePath::FilesDir => files_dir_attrs(&store.blobs_dir()),
-        ServicePath::Config(name) => config_json(store, &name).map(|j| config_attrs(j.len())),
+        ServicePath::Config(name) => {
+            config_json(store, scope, &name).map(|j| config_attrs(j.len()))
+        }
         ServicePath::Blob(digest) => stat_blob(store, &digest),
         ServicePath::Unknown => Err(no_such_file()),
     }
@@ -274,6 +303,38 @@ impl Service {
         self.next_handle += 1;
         self.handles.insert(handle.clone(), open);
         handle
+    }
+
+    /// The blobs a key with `configs=` may read, computed again (the configurations change
+    /// while an agent stays connected); `None` for a key without it, which reads them all.
+    async fn refresh_readable(
+        &mut self,
+    ) -> Result<Option<&std::collections::HashSet<String>>, StatusReply> {
+        if self.scope.configs.is_none() {
+            return Ok(None);
+        }
+        let (store, scope) = (self.store.clone(), self.scope.clone());
+        let set = blocking("list layers", move || {
+            store
+                .layer_hashes(&|name| scope.may_see(name))
+                .map_err(store_failure)
+        })
+        .await??;
+        Ok(Some(self.readable.insert(set)))
+    }
+
+    /// Whether the key may read blob `digest`: any key without `configs=`; else one that a
+    /// configuration it may see names. Computed at the first need and again on a miss.
+    async fn may_read(&mut self, digest: &common::digest::Digest) -> Result<bool, StatusReply> {
+        let hex = digest.to_hex();
+        if self.scope.configs.is_none() || self.readable.as_ref().is_some_and(|r| r.contains(&hex))
+        {
+            return Ok(true);
+        }
+        Ok(self
+            .refresh_readable()
+            .await?
+            .is_none_or(|r| r.contains(&hex)))
     }
 }
 
@@ -305,9 +366,14 @@ impl russh_sftp::server::Handler for Service {
     }
 
     async fn stat(&mut self, id: u32, path: String) -> Result<Attrs, StatusReply> {
-        let store = self.store.clone();
-        let attrs =
-            blocking("stat", move || stat_path(&store, ServicePath::parse(&path))).await??;
+        let path = ServicePath::parse(&path);
+        if let ServicePath::Blob(digest) = &path
+            && !self.may_read(digest).await?
+        {
+            return Err(no_such_file());
+        }
+        let (store, scope) = (self.store.clone(), self.scope.clone());
+        let attrs = blocking("stat", move || stat_path(&store, &scope, path)).await??;
         Ok(Attrs { id, attrs })
     }
 
@@ -345,13 +411,17 @@ impl russh_sftp::server::Handler for Service {
         if self.handles.len() >= MAX_HANDLES {
             return Err(too_many_handles());
         }
-        let store = self.store.clone();
+        let (store, scope) = (self.store.clone(), self.scope.clone());
         let open = match ServicePath::parse(&filename) {
             ServicePath::Config(name) => {
-                let json = blocking("open config", move || config_json(&store, &name)).await??;
+                let json =
+                    blocking("open config", move || config_json(&store, &scope, &name)).await??;
                 Open::Config(json.into())
             }
             ServicePath::Blob(digest) => {
+                if !self.may_read(&digest).await? {
+                    return Err(no_such_file());
+                }
                 let (file, size) =
                     blocking("open blob", move || open_blob(&store, &digest)).await??;
                 Open::Blob {
@@ -426,14 +496,19 @@ impl russh_sftp::server::Handler for Service {
         if self.handles.len() >= MAX_HANDLES {
             return Err(too_many_handles());
         }
-        let store = self.store.clone();
+        let (store, scope) = (self.store.clone(), self.scope.clone());
         let entries = match ServicePath::parse(&path) {
             ServicePath::Root => blocking("list /", move || list_root(&store)).await??,
             ServicePath::ConfigsDir => {
-                blocking("list configs", move || list_configs(&store)).await??
+                blocking("list configs", move || list_configs(&store, &scope)).await??
             }
             ServicePath::FilesDir => {
-                blocking("list files", move || list_blobs(&store.blobs_dir())).await??
+                let mut blobs =
+                    blocking("list files", move || list_blobs(&store.blobs_dir())).await??;
+                if let Some(readable) = self.refresh_readable().await? {
+                    blobs.retain(|b| readable.contains(&b.filename));
+                }
+                blobs
             }
             ServicePath::Config(_) | ServicePath::Blob(_) => {
                 return Err(failure("not a directory"));

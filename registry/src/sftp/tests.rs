@@ -33,10 +33,20 @@ async fn operator_session(store: &Store) -> SftpSession {
 }
 
 async fn service_session(store: &Store) -> SftpSession {
+    scoped_service_session(store, None).await
+}
+
+/// A service session of a key with `configs=` set to `configs`.
+async fn scoped_service_session(store: &Store, configs: Option<&str>) -> SftpSession {
     let (client, server) = tokio::io::duplex(1 << 20);
+    let scope = crate::keys::Restrictions {
+        configs: configs.map(str::to_string),
+        ..Default::default()
+    };
     tokio::spawn(service::serve_on(
         server,
         store.clone(),
+        scope,
         super::Context::alone(async {}),
     ));
     SftpSession::new(client).await.expect("sftp init")
@@ -306,6 +316,28 @@ async fn service_serves_exact_config_json_and_blobs() {
     assert_eq!(
         sftp.metadata(format!("files/{hash}")).await.unwrap().size,
         Some(data.len() as u64)
+    );
+}
+
+/// What a limited key may read is worked out again when a blob is missing from it: an agent
+/// stays connected while its configuration changes.
+#[tokio::test]
+async fn a_limited_key_reads_what_its_configuration_comes_to_name_in_the_same_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), 1 << 30);
+    let first = configured(&store, &payload(1000)).await;
+    let other = upload(&store, "other.tar.gz", &payload(2000)).await;
+    let actor = Actor::default();
+    store.add_version("other", "v1", &other, &actor).unwrap();
+    let sftp = scoped_service_session(&store, Some("web")).await;
+    sftp.read(format!("files/{first}")).await.unwrap();
+    let hidden = sftp.read(format!("files/{other}")).await.unwrap_err();
+    assert!(hidden.to_string().contains("No such file"), "{hidden}");
+    let layers = [("app", "v1"), ("other", "v1")].map(|(c, v)| (c.to_string(), v.to_string()));
+    store.add_conf("web", &layers, &actor).unwrap();
+    assert_eq!(
+        sftp.read(format!("files/{other}")).await.unwrap(),
+        payload(2000)
     );
 }
 

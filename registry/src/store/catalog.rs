@@ -3,6 +3,7 @@
 //! Each writing command is one `BEGIN IMMEDIATE` transaction. Every saved configuration state
 //! is also appended to `history` (spec B8), which `history` lists and `rollback` restores.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::PathBuf;
 
@@ -625,6 +626,35 @@ impl Store {
             let (s, ns, mut row) = row.ctx(|| "listing audit".into())?;
             row.time = join_time(s, ns)?;
             out.push(row);
+        }
+        Ok(out)
+    }
+
+    /// The layer hashes of the configurations that `include` accepts, as they are and as their
+    /// history has them: the blobs that a key limited to those configurations may read (a
+    /// rollback target's too).
+    pub fn layer_hashes(&self, include: &dyn Fn(&str) -> bool) -> Result<HashSet<String>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT name, json FROM configurations UNION ALL SELECT config, json FROM history",
+            )
+            .ctx(|| "listing layers".into())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .ctx(|| "listing layers".into())?;
+        let mut out = HashSet::new();
+        for row in rows {
+            let (name, json) = row.ctx(|| "listing layers".into())?;
+            if !include(&name) {
+                continue;
+            }
+            // Written by us; one that does not parse names no blob anyone can use.
+            if let Ok(config) = Configuration::from_json(&json) {
+                out.extend(config.layers.into_iter().map(|l| l.hash));
+            }
         }
         Ok(out)
     }
