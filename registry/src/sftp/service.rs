@@ -38,6 +38,10 @@ use super::{
 use crate::keys::Restrictions;
 use crate::store::Store;
 
+/// A limited key's readable blobs are worked out again on a miss at most this often: each time
+/// reads every configuration it may see, with its history.
+pub(super) const READABLE_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Directory entries sent per READDIR answer (well inside one packet).
 const READDIR_BATCH: usize = 128;
 
@@ -86,8 +90,8 @@ struct Service {
     store: Store,
     /// The login key's restrictions: `configs=` limits what this view shows.
     scope: Restrictions,
-    /// With `configs=`: the blobs the key may read, as last computed.
-    readable: Option<std::collections::HashSet<String>>,
+    /// With `configs=`: the blobs the key may read, as last computed, and when.
+    readable: Option<(std::collections::HashSet<String>, std::time::Instant)>,
     handles: HashMap<String, Open>,
     next_handle: u64,
 }
@@ -305,13 +309,21 @@ impl Service {
         handle
     }
 
-    /// The blobs a key with `configs=` may read, computed again (the configurations change
-    /// while an agent stays connected); `None` for a key without it, which reads them all.
+    /// The blobs a key with `configs=` may read, computed again unless that was done within
+    /// [`READABLE_RECHECK`] (the configurations change while an agent stays connected);
+    /// `None` for a key without it, which reads them all.
     async fn refresh_readable(
         &mut self,
     ) -> Result<Option<&std::collections::HashSet<String>>, StatusReply> {
         if self.scope.configs.is_none() {
             return Ok(None);
+        }
+        if self
+            .readable
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() < READABLE_RECHECK)
+        {
+            return Ok(self.readable.as_ref().map(|(set, _)| set));
         }
         let (store, scope) = (self.store.clone(), self.scope.clone());
         let set = blocking("list layers", move || {
@@ -320,14 +332,19 @@ impl Service {
                 .map_err(store_failure)
         })
         .await??;
-        Ok(Some(self.readable.insert(set)))
+        let (set, _) = self.readable.insert((set, std::time::Instant::now()));
+        Ok(Some(set))
     }
 
     /// Whether the key may read blob `digest`: any key without `configs=`; else one that a
     /// configuration it may see names. Computed at the first need and again on a miss.
     async fn may_read(&mut self, digest: &common::digest::Digest) -> Result<bool, StatusReply> {
         let hex = digest.to_hex();
-        if self.scope.configs.is_none() || self.readable.as_ref().is_some_and(|r| r.contains(&hex))
+        if self.scope.configs.is_none()
+            || self
+                .readable
+                .as_ref()
+                .is_some_and(|(set, _)| set.contains(&hex))
         {
             return Ok(true);
         }

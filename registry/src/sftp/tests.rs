@@ -335,6 +335,8 @@ async fn a_limited_key_reads_what_its_configuration_comes_to_name_in_the_same_se
     assert!(hidden.to_string().contains("No such file"), "{hidden}");
     let layers = [("app", "v1"), ("other", "v1")].map(|(c, v)| (c.to_string(), v.to_string()));
     store.add_conf("web", &layers, &actor).unwrap();
+    // Misses are looked up again at most once per READABLE_RECHECK.
+    tokio::time::sleep(service::READABLE_RECHECK).await;
     assert_eq!(
         sftp.read(format!("files/{other}")).await.unwrap(),
         payload(2000)
