@@ -24,6 +24,7 @@ pub struct Options {
     pub maxhist: usize,
     /// Audit records kept; 0 keeps all.
     pub maxaudit: usize,
+    pub minfree: u64,
     pub shutdown_timeout: Duration,
     pub log_json: bool,
     pub fsck: bool,
@@ -101,6 +102,11 @@ pub fn flag_set() -> FlagSet {
                 usage: "max.number of saved states kept per configuration (history, rollback); 0 keeps all",
             },
             Flag {
+                name: "minfree",
+                kind: Kind::Int { default: 1 << 30 },
+                usage: "free space of the data directory's disk that uploads leave alone, bytes; 0: none",
+            },
+            Flag {
                 name: "maxaudit",
                 kind: Kind::Int { default: 100_000 },
                 usage: "max.number of audit records kept; 0 keeps all",
@@ -175,6 +181,7 @@ pub fn parse(args: &[String]) -> Result<Options, Exit> {
     };
     let maxhist = non_negative("maxhist")?;
     let maxaudit = non_negative("maxaudit")?;
+    let minfree = non_negative("minfree")? as u64;
     let shutdown_timeout = match parsed.duration(&set, "shutdown-timeout") {
         GoDuration::Positive(d) => d,
         GoDuration::NonPositive => Duration::ZERO,
@@ -197,6 +204,7 @@ pub fn parse(args: &[String]) -> Result<Options, Exit> {
         maxupload,
         maxhist,
         maxaudit,
+        minfree,
         shutdown_timeout,
         log_json,
         fsck: parsed.bool("fsck"),
@@ -229,6 +237,7 @@ mod tests {
         assert_eq!(o.maxconn, 256);
         assert_eq!(o.maxupload, 64 << 30);
         assert_eq!((o.maxhist, o.maxaudit), (20, 100_000));
+        assert_eq!(o.minfree, 1 << 30);
         assert_eq!(o.shutdown_timeout, Duration::from_secs(30));
         assert!(!o.log_json && !o.fsck);
     }

@@ -75,6 +75,7 @@ async fn run(options: cli::Options) -> anyhow::Result<ExitCode> {
         max_upload_bytes: options.maxupload,
         max_history: options.maxhist,
         max_audit: options.maxaudit,
+        min_free_bytes: options.minfree,
         ..store::Options::default()
     };
     if options.fsck {

@@ -82,7 +82,8 @@ fn full_disk_fails_clearly_loses_nothing_and_recovers() {
         return;
     };
     let data = fs.join("data");
-    let reg = Registry::start_in(Some(&data), Keys::new(), &[]);
+    // No reserve: this is about the disk really full (the reserve has its own test).
+    let reg = Registry::start_in(Some(&data), Keys::new(), &["-minfree", "0"]);
     let scratch = tempfile::tempdir().unwrap();
     let blob = add_version(&reg, "code", "v01", &tar_gz(&[("bin/app", b"one")]));
     reg.ssh("addconf -name web -layer code:v01").assert_ok();
@@ -158,6 +159,78 @@ fn full_disk_fails_clearly_loses_nothing_and_recovers() {
         seen(&reg, &blob, scratch.path()).config_json,
         before.config_json
     );
+}
+
+/// `-minfree`: uploads leave that much of the disk free, so that they never fill it; a refused
+/// upload says why, gives its space back, and the console keeps writing.
+#[test]
+fn uploads_leave_the_reserve_free() {
+    let Some(fs) = Tmpfs::mount(32 << 10) else {
+        return;
+    };
+    let data = fs.join("data");
+    let reserve = 16u64 << 20;
+    let reg = Registry::start_in(
+        Some(&data),
+        Keys::new(),
+        &["-minfree", &reserve.to_string()],
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    // Well inside what is free above the reserve.
+    let blob = add_version(
+        &reg,
+        "code",
+        "v01",
+        &tar_gz(&[("bin/app", &noise(1 << 20, 3))]),
+    );
+    reg.ssh("addconf -name web -layer code:v01").assert_ok();
+    let uploads_before = upload_files(&data);
+    let free_before = fs.free_bytes();
+    assert!(free_before > reserve + (8 << 20), "{free_before}");
+
+    // More than what is free above the reserve, yet less than what is free: refused. (By more
+    // than what the upload's threads may have queued and not written yet, a few MiB.)
+    let size = (free_before - reserve) as usize + (6 << 20);
+    let archive = write_file(
+        scratch.path(),
+        "big.tar.gz",
+        &tar_gz(&[("blob", &noise(size, 4))]),
+    );
+    let out = reg.deployctl(&[
+        "addver",
+        "-name",
+        "code",
+        "-version",
+        "v02",
+        "-file",
+        &archive.to_string_lossy(),
+    ]);
+    assert!(!out.ok(), "{out}");
+    out.assert_stderr_contains(&format!(
+        "the registry's disk is nearly full: uploads leave {reserve} bytes free (-minfree)"
+    ));
+    wait_free(&fs, free_before - (256 << 10));
+    assert_eq!(upload_files(&data), uploads_before);
+
+    // At the reserve already, an upload is refused when it opens; the console still writes.
+    let filler = fs.join("filler");
+    fs::write(
+        &filler,
+        vec![0u8; (free_before - reserve) as usize + (1 << 20)],
+    )
+    .unwrap();
+    let small = write_file(scratch.path(), "small.tar.gz", &tar_gz(&[("a", b"two")]));
+    let put = reg.sftp_op(&format!("put {} small\n", small.display()));
+    assert!(!put.ok(), "{put}");
+    assert!(
+        reg.current_log().contains("nearly full"),
+        "{}",
+        reg.current_log()
+    );
+    reg.ssh("addconf -name api -layer code:v01").assert_ok();
+    fs::remove_file(&filler).unwrap();
+    upload(&reg, b"fits again");
+    assert_eq!(seen(&reg, &blob, scratch.path()).blob_hash, blob);
 }
 
 fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {

@@ -81,6 +81,9 @@ pub struct Options {
     pub max_history: usize,
     /// Audit records kept (`-maxaudit`; 0 keeps all).
     pub max_audit: usize,
+    /// Free space of the data directory's filesystem that uploads leave alone (`-minfree`;
+    /// 0: none), so that an upload cannot fill the disk the metadata (and the host) needs.
+    pub min_free_bytes: u64,
 }
 
 impl Default for Options {
@@ -92,6 +95,7 @@ impl Default for Options {
             max_threaded_uploads: 32,
             max_history: 20,
             max_audit: 100_000,
+            min_free_bytes: 1 << 30,
         }
     }
 }

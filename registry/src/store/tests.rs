@@ -238,6 +238,19 @@ fn upload_limits() {
     drop(open_one); // a dropped upload no longer counts
     let up = store.begin_upload().unwrap();
     drop(up);
+
+    // A reserve larger than any disk: refused at open, and the refusal does not count.
+    let tmp = tempfile::tempdir().unwrap();
+    let options = Options {
+        min_free_bytes: u64::MAX,
+        max_pending_uploads: 1,
+        ..Options::default()
+    };
+    let store = Store::open(tmp.path(), options).unwrap();
+    for _ in 0..2 {
+        let err = store.begin_upload().err().expect("reserve");
+        assert!(err.to_string().contains("nearly full"), "{err}");
+    }
 }
 
 #[test]

@@ -35,6 +35,10 @@ use super::{Ctx, Digest, Inner, Result, Store, StoreError, unix_nanos};
 pub use disk::Written;
 
 const PREFIX: &str = "upload-";
+/// An upload checks the disk's free space against `-minfree` every so many bytes (and at open):
+/// it may overshoot the reserve by this much and what its threads have queued (a few MiB). A
+/// statvfs per MiB costs ~1 ms per GiB.
+const MIN_FREE_CHECK: u64 = 1 << 20;
 /// Buffer for re-reading and fsck hashing.
 pub(super) const READ_BUF: usize = 1 << 20;
 
@@ -56,6 +60,8 @@ pub struct Upload {
     in_order: bool,
     /// Largest end offset written.
     size: u64,
+    /// Bytes accepted since the free space was last checked.
+    unchecked: u64,
     /// The disk thread, started by the first write (an upload opened and never written to,
     /// like the 64 handles of a client probing the limit, costs no thread).
     disk: Option<disk::Disk>,
@@ -126,6 +132,11 @@ impl Upload {
         self.size = self.size.max(end);
         if len == 0 {
             return Ok(false);
+        }
+        self.unchecked += len as u64;
+        if self.unchecked >= MIN_FREE_CHECK {
+            self.unchecked = 0;
+            check_min_free(&self.inner)?;
         }
         if self.in_order && offset == self.hashed && !matches!(self.mode, Mode::Inline) {
             if self.hasher.is_none() {
@@ -289,6 +300,26 @@ impl Drop for ThreadSlot {
     }
 }
 
+/// Refuses an upload (at open, then as it grows) once the data directory's filesystem has less
+/// free than `-minfree`: uploads must not take the space the metadata and the host need. A
+/// filesystem that cannot say is not held against the upload.
+fn check_min_free(inner: &Inner) -> Result<()> {
+    let min = inner.options.min_free_bytes;
+    if min == 0 {
+        return Ok(());
+    }
+    let Ok(st) = rustix::fs::statvfs(&inner.uploads) else {
+        return Ok(());
+    };
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if free < min {
+        return Err(StoreError::Limit(format!(
+            "the registry's disk is nearly full: uploads leave {min} bytes free (-minfree), {free} are free"
+        )));
+    }
+    Ok(())
+}
+
 /// One write of an inline upload, through the page cache (`finish` fsyncs).
 fn write_inline(file: &File, offset: u64, data: &[u8]) -> Result<()> {
     use std::os::unix::fs::FileExt as _;
@@ -357,6 +388,10 @@ impl Store {
                 "too many pending uploads (limit {max}): use them with addver or wait for them to expire"
             )));
         }
+        if let Err(e) = check_min_free(&self.inner) {
+            self.inner.open_uploads.fetch_sub(1, Ordering::Relaxed);
+            return Err(e);
+        }
         let opened = self.create_upload_file();
         match opened {
             Ok((file, name)) => Ok(Upload {
@@ -367,6 +402,7 @@ impl Store {
                 hashed: 0,
                 in_order: true,
                 size: 0,
+                unchecked: 0,
                 disk: None,
                 direct_io: true,
                 mode: Mode::Unchosen,
