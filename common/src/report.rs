@@ -19,7 +19,7 @@ pub const MAX_ERROR: usize = 1024;
 pub const REPORT_EVERY: Duration = Duration::from_secs(600);
 /// A host whose last report is older than this has stopped polling (or reporting): `status`
 /// says `silent` (three reports missed).
-pub const SILENT_AFTER: Duration = Duration::from_secs(3 * 600);
+pub const SILENT_AFTER: Duration = Duration::from_secs(3 * REPORT_EVERY.as_secs());
 
 /// One agent's state for one configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,17 +45,17 @@ impl Report {
         }
     }
 
-    /// The exec line.
+    /// The exec line. `-flag=value` words, as the console's: a value that starts with `-`
+    /// stays a value.
     pub fn to_line(&self) -> String {
-        let mut words: Vec<String> = [
-            COMMAND, "-name", &self.name, "-host", &self.host, "-hash", &self.hash,
-        ]
-        .iter()
-        .map(|w| w.to_string())
-        .collect();
+        let mut words = vec![
+            COMMAND.to_string(),
+            format!("-name={}", self.name),
+            format!("-host={}", self.host),
+            format!("-hash={}", self.hash),
+        ];
         if let Some(e) = &self.error {
-            words.push("-error".to_string());
-            words.push(e.clone());
+            words.push(format!("-error={e}"));
         }
         crate::shellwords::join(&words)
     }
@@ -146,12 +146,13 @@ mod tests {
                 "",
                 Some("deploy script failed: 'x' \"y\""),
             ),
+            Report::new("-w", "-host", H, Some("-name=x")),
         ] {
             assert_eq!(Report::parse_line(&r.to_line()), Some(Ok(r.clone())));
         }
         assert_eq!(
             Report::new("web", "h", H, None).to_line(),
-            format!("report -name web -host h -hash {H}")
+            format!("report -name=web -host=h -hash={H}")
         );
     }
 

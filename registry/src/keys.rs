@@ -64,23 +64,9 @@ impl Restrictions {
     /// those that match the list: comma-separated wildcard patterns (`*`, `?`), a match of
     /// one negated with `!` denying outright, as in `from=`.
     pub fn may_see(&self, name: &str) -> bool {
-        let Some(patterns) = &self.configs else {
-            return true;
-        };
-        let mut allowed = false;
-        for pattern in patterns.split(',').map(str::trim) {
-            let (negated, pattern) = match pattern.strip_prefix('!') {
-                Some(p) => (true, p),
-                None => (false, pattern),
-            };
-            if !pattern.is_empty() && wildcard_match(pattern, name) {
-                if negated {
-                    return false;
-                }
-                allowed = true;
-            }
-        }
-        allowed
+        self.configs
+            .as_deref()
+            .is_none_or(|patterns| pattern_list(patterns, |p| wildcard_match(p, name)))
     }
 }
 
@@ -302,25 +288,32 @@ pub fn parse_expiry(s: &str) -> Option<OffsetDateTime> {
 /// (OpenSSH's default `UseDNS no`) the host name is the address itself.
 pub fn from_matches(patterns: &str, addr: IpAddr) -> bool {
     let ip = addr.to_canonical().to_string();
+    pattern_list(patterns, |pattern| {
+        if pattern.contains('/') {
+            cidr_contains(pattern, addr.to_canonical())
+        } else {
+            wildcard_match(&pattern.to_ascii_lowercase(), &ip)
+        }
+    })
+}
+
+/// An OpenSSH pattern list (`match_pattern_list`): comma-separated patterns, each optionally
+/// negated with `!`. A negated pattern that `hits` denies outright; otherwise any positive
+/// one that hits allows.
+fn pattern_list(patterns: &str, hits: impl Fn(&str) -> bool) -> bool {
     let mut allowed = false;
-    for pattern in patterns.split(',') {
-        let pattern = pattern.trim();
+    for pattern in patterns.split(',').map(str::trim) {
         let (negated, pattern) = match pattern.strip_prefix('!') {
             Some(p) => (true, p),
             None => (false, pattern),
         };
-        if pattern.is_empty() {
+        if pattern.is_empty() || !hits(pattern) {
             continue;
         }
-        let hit = if pattern.contains('/') {
-            cidr_contains(pattern, addr.to_canonical())
-        } else {
-            wildcard_match(&pattern.to_ascii_lowercase(), &ip)
-        };
-        if hit && negated {
+        if negated {
             return false;
         }
-        allowed |= hit;
+        allowed = true;
     }
     allowed
 }

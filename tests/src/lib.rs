@@ -913,6 +913,24 @@ impl Registry {
             .args(args);
         run(&mut c, None)
     }
+
+    /// `deploy-agent` tracking configuration `name` of this registry with `key`, run in `dir`
+    /// (its `-dir .`, state file and script live there): add `-once`, `-script` and the rest.
+    pub fn agent_command(&self, dir: &Path, name: &str, key: &Path) -> Command {
+        let mut c = Command::new(bin("deploy-agent"));
+        c.current_dir(dir)
+            .args([
+                "-addr",
+                &self.addr(),
+                "-fp",
+                &self.fingerprint(),
+                "-name",
+                name,
+            ])
+            .arg("-key")
+            .arg(key);
+        c
+    }
 }
 
 impl Drop for Registry {

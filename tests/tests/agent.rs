@@ -35,19 +35,8 @@ impl Host {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
     }
     fn command(&self, reg: &Registry, extra: &[&str]) -> Command {
-        let mut c = Command::new(bin("deploy-agent"));
-        c.current_dir(self.path())
-            .args([
-                "-addr",
-                &reg.addr(),
-                "-fp",
-                &reg.fingerprint(),
-                "-name",
-                "project1",
-                "-v",
-            ])
-            .args(["-key", reg.keys.service.to_str().unwrap()])
-            .args(extra);
+        let mut c = reg.agent_command(self.path(), "project1", &reg.keys.service);
+        c.arg("-v").args(extra);
         c
     }
     /// One cycle (`-once`).

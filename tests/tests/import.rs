@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use e2e::{Out, Registry, bin, free_port, run_with_timeout, sha256_hex, tar_gz};
+use e2e::{Out, Registry, free_port, run_with_timeout, sha256_hex, tar_gz};
 
 fn ctl(reg: &Registry, args: &[&str]) -> Out {
     reg.deployctl(args)
@@ -269,17 +269,8 @@ fn import_from_registry_layout_and_docker_save() {
     std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = run_with_timeout(
-        Command::new(bin("deploy-agent"))
-            .current_dir(host.path())
-            .args([
-                "-addr",
-                &reg.addr(),
-                "-fp",
-                &reg.fingerprint(),
-                "-name",
-                "web",
-            ])
-            .args(["-key", reg.keys.service.to_str().unwrap(), "-once"]),
+        reg.agent_command(host.path(), "web", &reg.keys.service)
+            .arg("-once"),
         None,
         120,
     );

@@ -629,18 +629,13 @@ fn a_service_key_limited_to_some_configurations_sees_only_those() {
     let agent = |name: &str| {
         let host = tempfile::tempdir().unwrap();
         let out = e2e::run(
-            Command::new(e2e::bin("deploy-agent"))
-                .current_dir(host.path())
-                .args([
-                    "-addr",
-                    &reg.addr(),
-                    "-fp",
-                    &reg.fingerprint(),
-                    "-name",
-                    name,
-                ])
-                .args(["-script", "", "-once", "-report-as", "agent-1", "-key"])
-                .arg(&web_only),
+            reg.agent_command(host.path(), name, &web_only).args([
+                "-script",
+                "",
+                "-once",
+                "-report-as",
+                "agent-1",
+            ]),
             None,
         );
         (out, host)
