@@ -18,6 +18,38 @@ use e2e::*;
 /// finishing test removes when it sees them empty.
 static PODMAN: Mutex<()> = Mutex::new(());
 
+/// What each podman test starts with. Bound in this order, dropped in the reverse: the
+/// agent's directory and the work dir first, the lock last.
+struct Peers {
+    /// Held for the whole test (see [`PODMAN`]).
+    _serial: std::sync::MutexGuard<'static, ()>,
+    /// A docker-registry, with a login when asked.
+    reg: OciRegistry,
+    /// podman, with that registry as an insecure one.
+    podman: Podman,
+    work: tempfile::TempDir,
+    /// `agent/` in the work dir: the agent's working directory.
+    dir: PathBuf,
+}
+
+impl Peers {
+    fn start(auth: Option<(&str, &str)>) -> Peers {
+        let serial = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
+        let reg = OciRegistry::start_with_auth(auth);
+        let podman = Podman::start(&[&reg.host()]);
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("agent");
+        fs::create_dir(&dir).unwrap();
+        Peers {
+            _serial: serial,
+            reg,
+            podman,
+            work,
+            dir,
+        }
+    }
+}
+
 /// Generous limits for things that take seconds: they fail a hung test, they time nothing.
 const LONG: Duration = Duration::from_secs(180);
 
@@ -270,12 +302,13 @@ fn served(port: u16) -> Vec<Option<String>> {
 
 #[test]
 fn rolling_update_rollback_adoption_and_shutdown() {
-    let _serial = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
-    let reg = OciRegistry::start();
-    let podman = Podman::start(&[&reg.host()]);
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("agent");
-    fs::create_dir(&dir).unwrap();
+    let Peers {
+        _serial,
+        reg,
+        podman,
+        work,
+        dir,
+    } = Peers::start(None);
     let proxy = free_port();
     // A second proxy port whose container port is found in the image (EXPOSE 8080/tcp).
     let proxy2 = free_port();
@@ -601,12 +634,13 @@ fn poll_waits(log: &str) -> Vec<f64> {
 /// new release: the next ticks (backing off) try again, and the app gets its replicas back.
 #[test]
 fn a_failed_heal_is_tried_again_with_backoff() {
-    let _serial = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
-    let reg = OciRegistry::start();
-    let podman = Podman::start(&[&reg.host()]);
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("agent");
-    fs::create_dir(&dir).unwrap();
+    let Peers {
+        _serial,
+        reg,
+        podman,
+        work,
+        dir,
+    } = Peers::start(None);
     // The health path is served from the host: replicas started while it is missing fail
     // their check; those already running keep serving.
     let live = work.path().join("live");
@@ -691,13 +725,14 @@ fn a_failed_heal_is_tried_again_with_backoff() {
 
 #[test]
 fn a_private_registry_is_logged_in_with_the_password_on_stdin() {
-    let _serial = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
     let (user, password) = ("deployer", "pw-Zq8s7Xk2");
-    let reg = OciRegistry::start_with_auth(Some((user, password)));
-    let podman = Podman::start(&[&reg.host()]);
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("agent");
-    fs::create_dir(&dir).unwrap();
+    let Peers {
+        _serial,
+        reg,
+        podman,
+        work,
+        dir,
+    } = Peers::start(Some((user, password)));
     let creds = format!("{user}:{password}");
     push_app(
         work.path(),
@@ -747,12 +782,13 @@ fn a_private_registry_is_logged_in_with_the_password_on_stdin() {
 
 #[test]
 fn image_gc_keeps_the_seven_newest_images() {
-    let _serial = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
-    let reg = OciRegistry::start();
-    let podman = Podman::start(&[&reg.host()]);
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("agent");
-    fs::create_dir(&dir).unwrap();
+    let Peers {
+        _serial,
+        reg,
+        podman,
+        work,
+        dir,
+    } = Peers::start(None);
     let repo = format!("{}/demo/gc", reg.host());
     // Eight versions, each created a day after the other; the first seven are already here.
     for day in 1..=8 {
