@@ -113,13 +113,7 @@ impl RegistrySource {
             }
             anyhow::Ok(buf)
         };
-        let res = match tokio::time::timeout(timeout, read).await {
-            Ok(r) => r,
-            Err(_) => Err(anyhow::anyhow!(
-                "no answer from the registry for {}s",
-                timeout.as_secs()
-            )),
-        };
+        let res = answered(timeout, read).await;
         if let Err(e) = &res
             && !is_not_found(e)
         {
@@ -135,14 +129,7 @@ impl RegistrySource {
         let Some((conn, _)) = self.conn.as_ref().filter(|(c, _)| !c.is_closed()) else {
             return Ok(false);
         };
-        let out = tokio::time::timeout(self.io_timeout, conn.exec(&report.to_line()))
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "no answer from the registry for {}s",
-                    self.io_timeout.as_secs()
-                )
-            })??;
+        let out = answered(self.io_timeout, conn.exec(&report.to_line())).await?;
         if out.status != 0 {
             anyhow::bail!(
                 "the registry refused it: {}",
@@ -177,6 +164,21 @@ impl LayerSource for Blobs<'_> {
         }
         Ok(Box::pin(f))
     }
+}
+
+/// `request`'s result, or an error once the registry has not answered it for `limit`.
+async fn answered<T>(
+    limit: Duration,
+    request: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, request)
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "no answer from the registry for {}s",
+                limit.as_secs()
+            ))
+        })
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -678,6 +678,11 @@ pub mod render {
         out
     }
 
+    /// A hash as the listings show it: its first 12 characters.
+    fn short_hash(hash: &str) -> String {
+        hash.chars().take(12).collect()
+    }
+
     /// `history` output: newest first, through tabwriter:
     /// `<seq>\t<saved RFC3339>\t<hash first 12>\t<user>\t<command>\t<c1@v1 c2@v2 ...>` (the last column is not padded: it varies most),
     /// with a `*` after the seq of the row whose hash is the current one.
@@ -692,7 +697,7 @@ pub mod render {
             } else {
                 ""
             };
-            let hash: String = r.config.hash.chars().take(12).collect();
+            let hash = short_hash(&r.config.hash);
             let layers: Vec<String> = r
                 .config
                 .layers
@@ -746,9 +751,9 @@ pub mod render {
                 (None, Some(current)) if *current == r.hash => "current",
                 (None, Some(_)) => "behind",
             };
-            let hash: String = match r.hash.as_str() {
+            let hash = match r.hash.as_str() {
                 "" => "-".to_string(),
-                h => h.chars().take(12).collect(),
+                h => short_hash(h),
             };
             text.push_str(&format!(
                 "{}\t{}\t{state}\t{}\t{}\t{}\t{}\n",

@@ -236,9 +236,7 @@ impl Connection {
         let at = self.next_report.max(tokio::time::Instant::now());
         self.next_report = at + REPORT_PACE;
         let (store, actor) = (self.shared.store.clone(), self.actor());
-        self.spawn(async move {
-            let (mut reader, writer) = ch.split();
-            let drain = tokio::spawn(async move { while reader.wait().await.is_some() {} });
+        self.spawn(answer(ch, async move {
             tokio::time::sleep_until(at).await;
             let (output, status) = match parsed {
                 Err(why) => {
@@ -264,9 +262,8 @@ impl Connection {
                     }
                 }
             };
-            let _ = finish(&writer, output.as_bytes(), status).await;
-            drain.abort();
-        });
+            (output.into_bytes(), status)
+        }));
         Ok(())
     }
 }
@@ -616,16 +613,25 @@ async fn run_line(console: &Console, line: String) -> Outcome {
 
 /// Exec mode: run the command, send its output and exit status, EOF, close.
 async fn run_exec(channel: Channel<Msg>, console: Console, line: String, pty: bool) {
+    answer(channel, async {
+        let outcome = run_line(&console, line).await;
+        let bytes = if pty {
+            shell::crlf(&outcome.output)
+        } else {
+            outcome.output.into_bytes()
+        };
+        (bytes, outcome.status)
+    })
+    .await;
+}
+
+/// Serves a started exec channel: `work`'s output and exit status, then the end. What the
+/// client sends meanwhile is read and dropped, so that russh's queue never blocks the session.
+async fn answer(channel: Channel<Msg>, work: impl Future<Output = (Vec<u8>, u32)>) {
     let (mut reader, writer) = channel.split();
-    // Drain what the client sends meanwhile so russh's queue never blocks the session.
     let drain = tokio::spawn(async move { while reader.wait().await.is_some() {} });
-    let outcome = run_line(&console, line).await;
-    let bytes = if pty {
-        shell::crlf(&outcome.output)
-    } else {
-        outcome.output.into_bytes()
-    };
-    let _ = finish(&writer, &bytes, outcome.status).await;
+    let (output, status) = work.await;
+    let _ = finish(&writer, &output, status).await;
     drain.abort();
 }
 

@@ -340,11 +340,10 @@ impl Service {
     /// configuration it may see names. Computed at the first need and again on a miss.
     async fn may_read(&mut self, digest: &common::digest::Digest) -> Result<bool, StatusReply> {
         let hex = digest.to_hex();
-        if self.scope.configs.is_none()
-            || self
-                .readable
-                .as_ref()
-                .is_some_and(|(set, _)| set.contains(&hex))
+        if self
+            .readable
+            .as_ref()
+            .is_some_and(|(set, _)| set.contains(&hex))
         {
             return Ok(true);
         }

@@ -636,24 +636,22 @@ impl Store {
     pub fn layer_hashes(&self, include: &dyn Fn(&str) -> bool) -> Result<HashSet<String>> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(
-                "SELECT name, json FROM configurations UNION ALL SELECT config, json FROM history",
-            )
+            .prepare(&format!(
+                "SELECT DISTINCT t.config, json_extract(l.value, '$.Hash') FROM {}",
+                super::ALL_LAYERS
+            ))
             .ctx(|| "listing layers".into())?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
             })
             .ctx(|| "listing layers".into())?;
         let mut out = HashSet::new();
         for row in rows {
-            let (name, json) = row.ctx(|| "listing layers".into())?;
-            if !include(&name) {
-                continue;
-            }
-            // Written by us; one that does not parse names no blob anyone can use.
-            if let Ok(config) = Configuration::from_json(&json) {
-                out.extend(config.layers.into_iter().map(|l| l.hash));
+            if let (name, Some(hash)) = row.ctx(|| "listing layers".into())?
+                && include(&name)
+            {
+                out.insert(hash);
             }
         }
         Ok(out)

@@ -135,11 +135,11 @@ pub(super) fn referenced_versions(
     conn: &rusqlite::Connection,
 ) -> Result<HashSet<(String, String)>> {
     let mut stmt = conn
-        .prepare(
+        .prepare(&format!(
             "SELECT DISTINCT json_extract(l.value, '$.Name'), json_extract(l.value, '$.Version')
-             FROM (SELECT json FROM configurations UNION ALL SELECT json FROM history) t,
-                  json_each(CAST(t.json AS TEXT), '$.Layers') l",
-        )
+             FROM {}",
+            super::ALL_LAYERS
+        ))
         .ctx(|| "listing referenced versions".into())?;
     let rows = stmt
         .query_map([], |r| {

@@ -349,3 +349,17 @@ fn join_time(secs: i64, nanos: i64) -> Result<OffsetDateTime> {
 fn unix_nanos(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
 }
+
+/// The time [`unix_nanos`] stored.
+fn from_unix_nanos(nanos: i64) -> Result<OffsetDateTime> {
+    join_time(
+        nanos.div_euclid(1_000_000_000),
+        nanos.rem_euclid(1_000_000_000),
+    )
+}
+
+/// For a FROM clause: every layer of every configuration, as it is and as its history has it,
+/// as `t.config` (the configuration's name) and `l.value` (the layer's JSON object).
+const ALL_LAYERS: &str = "(SELECT name AS config, json FROM configurations
+                           UNION ALL SELECT config, json FROM history) t,
+                          json_each(CAST(t.json AS TEXT), '$.Layers') l";

@@ -6,7 +6,7 @@ use common::console::render::StatusRow;
 use common::report::Report;
 use rusqlite::params;
 
-use super::{Actor, Ctx, Result, Store, join_time, unix_nanos};
+use super::{Actor, Ctx, Result, Store, from_unix_nanos, unix_nanos};
 
 /// Rows kept: a fleet of thousands of hosts, each tracking a configuration or two.
 pub const MAX_ROWS: i64 = 20_000;
@@ -71,10 +71,7 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (nanos, mut row) = row.ctx(|| "listing agent reports".into())?;
-            row.reported = join_time(
-                nanos.div_euclid(1_000_000_000),
-                nanos.rem_euclid(1_000_000_000),
-            )?;
+            row.reported = from_unix_nanos(nanos)?;
             out.push(row);
         }
         Ok(out)
