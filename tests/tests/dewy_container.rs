@@ -50,6 +50,30 @@ impl Peers {
     }
 }
 
+/// `deploy-agent container`'s arguments for `image` (`host/repo`) behind proxy port `proxy`
+/// (container port 8080): podman, a poll every second, the admin API on a free port, debug
+/// logs; then `extra` (which may end with `--` and run arguments).
+fn agent_args(image: &str, proxy: u16, extra: &[&str]) -> Vec<String> {
+    let common = [
+        "--registry".to_string(),
+        format!("img://{image}"),
+        "-p".to_string(),
+        format!("{proxy}:8080"),
+        "--runtime".to_string(),
+        "podman".to_string(),
+        "--interval".to_string(),
+        "1".to_string(),
+        "--admin-port".to_string(),
+        free_port().to_string(),
+        "-l".to_string(),
+        "debug".to_string(),
+    ];
+    common
+        .into_iter()
+        .chain(extra.iter().map(|s| s.to_string()))
+        .collect()
+}
+
 /// Generous limits for things that take seconds: they fail a hung test, they time nothing.
 const LONG: Duration = Duration::from_secs(180);
 
@@ -313,41 +337,30 @@ fn rolling_update_rollback_adoption_and_shutdown() {
     // A second proxy port whose container port is found in the image (EXPOSE 8080/tcp).
     let proxy2 = free_port();
     let app = "web";
-    let args: Vec<String> = [
-        "--registry",
-        &format!("img://{}/demo/{app}", reg.host()),
-        "-p",
-        &format!("{proxy}:8080"),
-        "-p",
-        &proxy2.to_string(),
-        "--replicas",
-        "2",
-        "--runtime",
-        "podman",
-        "--health-path",
-        "/health",
-        "--health-timeout",
-        "4",
-        "--drain-time",
-        "60",
-        "--interval",
-        "1",
-        "--admin-port",
-        &free_port().to_string(),
-        "--telemetry",
-        "--before-deploy-hook",
-        "test ! -e block",
-        "--after-deploy-hook",
-        "echo after >> after.log",
-        "-l",
-        "debug",
-        "--",
-        "-e",
-        "GREETING=hi",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = agent_args(
+        &format!("{}/demo/{app}", reg.host()),
+        proxy,
+        &[
+            "-p",
+            &proxy2.to_string(),
+            "--replicas",
+            "2",
+            "--health-path",
+            "/health",
+            "--health-timeout",
+            "4",
+            "--drain-time",
+            "60",
+            "--telemetry",
+            "--before-deploy-hook",
+            "test ! -e block",
+            "--after-deploy-hook",
+            "echo after >> after.log",
+            "--",
+            "-e",
+            "GREETING=hi",
+        ],
+    );
 
     // v1: two replicas behind the proxy.
     push_app(
@@ -656,32 +669,21 @@ fn a_failed_heal_is_tried_again_with_backoff() {
         None,
     );
     let proxy = free_port();
-    let args: Vec<String> = [
-        "--registry",
-        &format!("img://{}/demo/{app}", reg.host()),
-        "-p",
-        &format!("{proxy}:8080"),
-        "--replicas",
-        "2",
-        "--runtime",
-        "podman",
-        "--health-path",
-        "/live/ok",
-        "--health-timeout",
-        "3",
-        "--interval",
-        "1",
-        "--admin-port",
-        &free_port().to_string(),
-        "-l",
-        "debug",
-        "--",
-        "-v",
-        &format!("{}:/www/live:ro", live.display()),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = agent_args(
+        &format!("{}/demo/{app}", reg.host()),
+        proxy,
+        &[
+            "--replicas",
+            "2",
+            "--health-path",
+            "/live/ok",
+            "--health-timeout",
+            "3",
+            "--",
+            "-v",
+            &format!("{}:/www/live:ro", live.display()),
+        ],
+    );
     let mut agent = Agent::start(&dir, &podman, &args, "heal");
     let log = || agent.log();
     wait_for("the v1 deploy", || agent.deploys() > 0, &log);
@@ -743,23 +745,7 @@ fn a_private_registry_is_logged_in_with_the_password_on_stdin() {
         Some(&creds),
     );
     let proxy = free_port();
-    let args: Vec<String> = [
-        "--registry",
-        &format!("img://{}/private/api", reg.host()),
-        "-p",
-        &format!("{proxy}:8080"),
-        "--runtime",
-        "podman",
-        "--interval",
-        "1",
-        "--admin-port",
-        &free_port().to_string(),
-        "-l",
-        "debug",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = agent_args(&format!("{}/private/api", reg.host()), proxy, &[]);
     let env = [("DOCKER_USERNAME", user), ("DOCKER_PASSWORD", password)];
     let mut agent = Agent::start_env(&dir, &podman, &args, "private", &env);
     let log = || agent.log();
@@ -828,23 +814,7 @@ fn image_gc_keeps_the_seven_newest_images() {
     let exited = || podman.ok(&["ps", "-aq", "--filter", "name=^gc-1-0$"]);
     assert!(!exited().trim().is_empty(), "the exited replica is there");
     let proxy = free_port();
-    let args: Vec<String> = [
-        "--registry",
-        &format!("img://{repo}"),
-        "-p",
-        &format!("{proxy}:8080"),
-        "--runtime",
-        "podman",
-        "--interval",
-        "1",
-        "--admin-port",
-        &free_port().to_string(),
-        "-l",
-        "debug",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = agent_args(&repo, proxy, &[]);
     let mut agent = Agent::start(&dir, &podman, &args, "gc");
     let log = || agent.log();
     wait_for("the deploy of v1.0.8", || agent.deploys() > 0, &log);
