@@ -2,7 +2,7 @@
 //! `deployctl` (which validates locally, then sends [`Command::to_line`]).
 //!
 //! Texts are byte-identical to deploy-tools (spec 1.7, 1.8); `history`, `rollback`, `audit`,
-//! `fsck` and `status` are ours, and `addver -hash` may name content that is already stored.
+//! `fsck`, `status` and `forget` are ours, and `addver -hash` may name content that is already stored.
 
 use crate::config::Configuration;
 use crate::goflag::{Flag, FlagError, FlagSet, Kind, Parsed};
@@ -28,13 +28,14 @@ rollback        restore configuration to one of its saved states
 audit           show most recent console commands
 fsck            verify stored files and references
 status          show which configuration each agent runs
+forget          forget hosts shown by status
 
 use -h flag to get more help on a specific command";
 
 /// Printed (plus `\n`) for an unknown command, exit status 1. Unlike the original it lists
 /// `bumpconf` and our additions.
 pub const UNKNOWN_COMMAND: &str = "Unknown command, supported commands are:
-help, addver, addconf, changeconf, bumpconf, showconf, components, configurations, showcomp, delver, delcomp, delconf, history, rollback, audit, fsck, status";
+help, addver, addconf, changeconf, bumpconf, showconf, components, configurations, showcomp, delver, delcomp, delconf, history, rollback, audit, fsck, status, forget";
 
 /// Validation messages (spec 1.8, `internal/shared/args.go`), and ours.
 mod msg {
@@ -50,6 +51,7 @@ mod msg {
     pub const DELVER_UNSET: &str = "both name and version should be set";
     pub const BAD_TO: &str = "-to should be a positive history entry number";
     pub const BAD_N: &str = "-n should be a positive number";
+    pub const FORGET_WHICH: &str = "either -host or -silent should be set";
 }
 
 /// The default of `audit -n`.
@@ -133,6 +135,16 @@ pub struct Status {
     pub name: Option<String>,
 }
 
+/// `forget`: drops hosts from `status` (a host that reports again shows again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forget {
+    /// `forget -name N -host H`: one host of one configuration.
+    Host { name: String, host: String },
+    /// `forget -silent [-name N]`: every host (of one configuration) that has been silent
+    /// for [`crate::report::SILENT_AFTER`].
+    Silent { name: Option<String> },
+}
+
 /// One parsed console command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -154,6 +166,7 @@ pub enum Command {
     /// `fsck`: re-hash every blob and check every reference.
     Fsck,
     Status(Status),
+    Forget(Forget),
 }
 
 /// Why a line did not become a [`Command`]. Every variant has exit status 1 on the console.
@@ -282,6 +295,15 @@ pub fn flag_set(command: &str) -> Option<FlagSet> {
         }],
         "fsck" => vec![],
         "status" => vec![string_flag("name", CONFIGURATION_NAME)],
+        "forget" => vec![
+            string_flag("name", CONFIGURATION_NAME),
+            string_flag("host", "host name, as status shows it"),
+            Flag {
+                name: "silent",
+                kind: Kind::Bool,
+                usage: "every host that status shows as silent",
+            },
+        ],
         _ => return None,
     };
     Some(FlagSet::new(command, flags))
@@ -450,6 +472,22 @@ impl Command {
                     name: (!name.is_empty()).then_some(name),
                 })
             }
+            "forget" => {
+                let (name, host) = (s("name"), s("host"));
+                match (host.is_empty(), p.bool("silent")) {
+                    (false, false) => Command::Forget(Forget::Host {
+                        name: config_name(name)?,
+                        host,
+                    }),
+                    (true, true) => {
+                        check_config_name(&name)?;
+                        Command::Forget(Forget::Silent {
+                            name: (!name.is_empty()).then_some(name),
+                        })
+                    }
+                    _ => return Err(invalid(msg::FORGET_WHICH)),
+                }
+            }
             // `flag_set` knows no other command.
             other => return Err(ParseError::Unknown(other.to_string())),
         })
@@ -497,6 +535,7 @@ impl Command {
             Command::Audit(_) => "audit",
             Command::Fsck => "fsck",
             Command::Status(_) => "status",
+            Command::Forget(_) => "forget",
         }
     }
 
@@ -556,6 +595,13 @@ impl Command {
             }
             Command::Audit(c) => w.push(f("n", &c.limit.to_string())),
             Command::Status(c) => w.extend(c.name.iter().map(|n| f("name", n))),
+            Command::Forget(Forget::Host { name, host }) => {
+                w.extend([f("name", name), f("host", host)])
+            }
+            Command::Forget(Forget::Silent { name }) => {
+                w.extend(name.iter().map(|n| f("name", n)));
+                w.push("-silent".to_string());
+            }
         }
         w
     }
@@ -577,6 +623,7 @@ impl Command {
                 | Command::DelComp(_)
                 | Command::DelConf(_)
                 | Command::Rollback(_)
+                | Command::Forget(_)
         )
     }
 }
@@ -745,7 +792,7 @@ pub mod render {
         let mut text = String::new();
         for r in sorted {
             let state = match (&r.error, &r.current) {
-                _ if now - r.reported > crate::report::SILENT_AFTER => "silent",
+                _ if r.reported < crate::report::silent_before(now) => "silent",
                 (Some(_), _) => "failed",
                 (None, None) => "deleted",
                 (None, Some(current)) if *current == r.hash => "current",
@@ -765,6 +812,15 @@ pub mod render {
                 cell(r.error.as_deref().unwrap_or_default())
             ));
         }
+        tabwriter::format(&text)
+    }
+
+    /// `forget` output: the `<configuration>\t<host>` of each forgotten row, through tabwriter.
+    pub fn forgotten(rows: &[(String, String)]) -> String {
+        let text: String = rows
+            .iter()
+            .map(|(config, host)| format!("{}\t{}\n", cell(config), cell(host)))
+            .collect();
         tabwriter::format(&text)
     }
 
@@ -858,7 +914,7 @@ delconf         delete configuration
             .collect();
         assert_eq!(
             &words[11..],
-            ["history", "rollback", "audit", "fsck", "status"]
+            ["history", "rollback", "audit", "fsck", "status", "forget"]
         );
         assert_eq!(HELP_LISTING, HELP_LISTING.trim());
     }
@@ -1264,6 +1320,31 @@ delconf         delete configuration
             invalid_text("status -name a/b"),
             "name cannot contain / symbol"
         );
+        assert_eq!(
+            line("forget -name web -host web-3"),
+            Ok(Command::Forget(Forget::Host {
+                name: "web".into(),
+                host: "web-3".into()
+            }))
+        );
+        assert_eq!(
+            line("forget -silent"),
+            Ok(Command::Forget(Forget::Silent { name: None }))
+        );
+        assert_eq!(
+            line("forget -silent -name web"),
+            Ok(Command::Forget(Forget::Silent {
+                name: Some("web".into())
+            }))
+        );
+        let which = "either -host or -silent should be set";
+        assert_eq!(invalid_text("forget -name web"), which);
+        assert_eq!(invalid_text("forget -name web -host h -silent"), which);
+        assert_eq!(invalid_text("forget -host h"), "name should be set");
+        assert_eq!(
+            invalid_text("forget -silent -name a/b"),
+            "name cannot contain / symbol"
+        );
     }
 
     #[test]
@@ -1290,6 +1371,8 @@ delconf         delete configuration
             "delcomp -name c",
             "delconf -name p",
             "rollback -name p",
+            "forget -name p -host h",
+            "forget -silent",
         ];
         for (l, want) in read_only
             .iter()
@@ -1397,6 +1480,13 @@ delconf         delete configuration
             round_trip(Command::Status(Status {
                 name: Some(n.clone()),
             }));
+            round_trip(Command::Forget(Forget::Host {
+                name: n.clone(),
+                host: n.clone(),
+            }));
+            round_trip(Command::Forget(Forget::Silent {
+                name: Some(n.clone()),
+            }));
         }
     }
 
@@ -1408,6 +1498,7 @@ delconf         delete configuration
             Command::Configurations,
             Command::Fsck,
             Command::Status(Status { name: None }),
+            Command::Forget(Forget::Silent { name: None }),
             Command::Audit(Audit { limit: 3 }),
         ] {
             round_trip(c);
@@ -1603,5 +1694,15 @@ delconf         delete configuration
              web   web-4       silent    222222222222   2026-11-23T07:29:59Z   10.0.0.1:4000   \n"
         );
         assert_eq!(status(&[], now), "");
+    }
+
+    #[test]
+    fn render_forgotten_rows_escaped() {
+        let rows = [
+            ("web".to_string(), "web-10".to_string()),
+            ("db".to_string(), "db\n1".to_string()),
+        ];
+        assert_eq!(forgotten(&rows), "web   web-10\ndb    db\\n1\n");
+        assert_eq!(forgotten(&[]), "");
     }
 }

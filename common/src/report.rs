@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::goflag::{Flag, FlagSet, Kind};
+use crate::timefmt::OffsetDateTime;
 
 /// The command word.
 pub const COMMAND: &str = "report";
@@ -20,6 +21,12 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(600);
 /// A host whose last report is older than this has stopped polling (or reporting): `status`
 /// says `silent` (three reports missed).
 pub const SILENT_AFTER: Duration = Duration::from_secs(3 * REPORT_EVERY.as_secs());
+
+/// Reports older than this are silent at `now` ([`SILENT_AFTER`]): `status` shows them so and
+/// `forget -silent` drops them.
+pub fn silent_before(now: OffsetDateTime) -> OffsetDateTime {
+    now - SILENT_AFTER
+}
 
 /// One agent's state for one configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -59,6 +59,7 @@ const CONSOLE_COMMANDS: &[&str] = &[
     "audit",
     "fsck",
     "status",
+    "forget",
 ];
 
 /// The global flag set. Its defaults are shown in the usage, so they are the effective ones:

@@ -15,7 +15,8 @@
 //!   before connecting, so a broken archive is never uploaded (B21). An empty file is refused
 //!   (the original let it pass because its validator saw io.EOF).
 //! - `addver -hash H` (without `-file`) registers content the registry already stores.
-//! - `history`, `rollback`, `audit`, `fsck`, `status` are passed to the registry like the others.
+//! - `history`, `rollback`, `audit`, `fsck`, `status`, `forget` are passed to the registry like
+//!   the others.
 //! - Runtime errors are printed once as `deployctl: <error>`; argument errors print the
 //!   original's texts as they are. A remote failure exits 1 silently (the registry spoke).
 //! - RSA keys sign with rsa-sha2-512/256, never SHA-1 `ssh-rsa` unless the server says so.

@@ -1080,4 +1080,33 @@ fn status_shows_what_each_host_reported() {
         "{:?}",
         rows(None)
     );
+
+    // Operators forget hosts that are gone: one by name (it shows again if it reports again),
+    // or every silent one (none is, this soon).
+    reg.ssh("forget -name project1 -host 'web 2; x'")
+        .assert_ok()
+        .assert_stdout("project1   web 2; x\n");
+    assert!(
+        !rows(None).iter().any(|r| r[1] == "web 2; x"),
+        "{:?}",
+        rows(None)
+    );
+    reg.ssh("forget -name project1 -host 'web 2; x'")
+        .assert_code(1)
+        .assert_stdout("no report of host \"web 2; x\" for configuration \"project1\" found\n");
+    reg.ssh("forget -silent").assert_ok().assert_stdout("");
+    assert_eq!(rows(None).len(), 2, "{:?}", rows(None));
+    reg.ssh("forget -name project1")
+        .assert_code(1)
+        .assert_stdout("either -host or -silent should be set\n");
+    reg.ssh_as("deploy-agent", svc, "forget -silent")
+        .assert_fail();
+    assert_eq!(rows(None).len(), 2, "{:?}", rows(None));
+    let audit = reg.ssh("audit -n 20").stdout_str();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains(" ok ") && l.ends_with("forget -name project1 -host 'web 2; x'")),
+        "{audit}"
+    );
 }

@@ -125,19 +125,20 @@ delcomp         delete all component versions
 delconf         delete configuration
 ";
 
-/// The original's listing (spec 1.8) with our five commands appended in the same layout.
+/// The original's listing (spec 1.8) with our six commands appended in the same layout.
 const HELP_OURS: &str = "\
 history         show saved states of configuration
 rollback        restore configuration to one of its saved states
 audit           show most recent console commands
 fsck            verify stored files and references
 status          show which configuration each agent runs
+forget          forget hosts shown by status
 
 use -h flag to get more help on a specific command
 ";
 
 /// Unlike the original, the list includes bumpconf (spec 8.B10) and our commands.
-const UNKNOWN: &str = "Unknown command, supported commands are:\nhelp, addver, addconf, changeconf, bumpconf, showconf, components, configurations, showcomp, delver, delcomp, delconf, history, rollback, audit, fsck, status\n";
+const UNKNOWN: &str = "Unknown command, supported commands are:\nhelp, addver, addconf, changeconf, bumpconf, showconf, components, configurations, showcomp, delver, delcomp, delconf, history, rollback, audit, fsck, status, forget\n";
 
 #[test]
 fn help_lists_every_command() {

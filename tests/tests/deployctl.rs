@@ -259,6 +259,13 @@ fn every_subcommand_happy_path() {
     ctl(&reg, &["status", "-name", "a/b"])
         .assert_code(1)
         .assert_stderr_contains("name cannot contain / symbol");
+    eqnice!("", ok(&ctl(&reg, &["forget", "-silent"])));
+    ctl(&reg, &["forget", "-name", "web", "-host", "gone"])
+        .assert_code(1)
+        .assert_stdout("no report of host \"gone\" for configuration \"web\" found\n");
+    ctl(&reg, &["forget", "-name", "web"])
+        .assert_code(1)
+        .assert_stderr_contains("either -host or -silent should be set");
 
     // deletes
     eqnice!("", ok(&ctl(&reg, &["delconf", "-name", "web", "-force"])));

@@ -497,6 +497,9 @@ fn viewer_keys_only_look() {
         .assert_stdout(&shown);
     reg.ssh_as("eve", &viewer, "components").assert_ok();
     reg.ssh_as("eve", &viewer, "status").assert_ok();
+    reg.ssh_as("eve", &viewer, "forget -silent")
+        .assert_code(1)
+        .assert_stdout("forget: not allowed with a read-only key\n");
     reg.ssh_as("eve", &viewer, "delconf -name web -force")
         .assert_code(1)
         .assert_stdout("delconf: not allowed with a read-only key\n");

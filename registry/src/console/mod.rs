@@ -205,6 +205,11 @@ fn apply(store: &Store, actor: &Actor, command: Command) -> Result<Applied, Stor
         Command::Status(c) => {
             render::status(&store.status(c.name.as_deref())?, common::timefmt::now())
         }
+        Command::Forget(which) => {
+            let gone = store.forget_status(&which, common::timefmt::now())?;
+            tracing::info!(user = %actor.user, hosts = gone.len(), "agent reports forgotten");
+            render::forgotten(&gone)
+        }
         Command::Fsck => {
             let report = store.fsck()?;
             let output = fsck_text(&report);

@@ -132,6 +132,9 @@ pub enum StoreError {
     /// rollback: no such history entry / nothing to roll back to.
     #[error("{0}")]
     History(String),
+    /// `forget -host` of a host with no report kept for that configuration.
+    #[error("no report of host {host:?} for configuration {config:?} found")]
+    NoReport { config: String, host: String },
     /// Upload refused by a limit (size, count).
     #[error("{0}")]
     Limit(String),

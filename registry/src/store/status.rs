@@ -2,11 +2,13 @@
 //! host, replaced by each report. A service key is on every host of a fleet, so what it can
 //! make us keep is bounded: at most [`MAX_ROWS`] rows, the oldest reports dropped first.
 
+use common::console::Forget;
 use common::console::render::StatusRow;
-use common::report::Report;
+use common::report::{self, Report};
+use common::timefmt::OffsetDateTime;
 use rusqlite::params;
 
-use super::{Actor, Ctx, Result, Store, from_unix_nanos, unix_nanos};
+use super::{Actor, Ctx, Result, Store, StoreError, from_unix_nanos, unix_nanos};
 
 /// Rows kept: a fleet of thousands of hosts, each tracking a configuration or two.
 pub const MAX_ROWS: i64 = 20_000;
@@ -39,6 +41,43 @@ impl Store {
         )
         .ctx(|| "trimming agent reports".into())?;
         tx.commit().ctx(|| "commit of an agent report".into())
+    }
+
+    /// Drops the rows `which` names, as of `now`; returns their (configuration, host), sorted.
+    /// Naming one host that has no row is an error; `-silent` may find none.
+    pub fn forget_status(
+        &self,
+        which: &Forget,
+        now: OffsetDateTime,
+    ) -> Result<Vec<(String, String)>> {
+        let (name, host, before) = match which {
+            Forget::Host { name, host } => (Some(name), Some(host), None),
+            Forget::Silent { name } => (
+                name.as_ref(),
+                None,
+                Some(unix_nanos(report::silent_before(now))),
+            ),
+        };
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "DELETE FROM agent_status WHERE (?1 IS NULL OR config = ?1)
+                 AND (?2 IS NULL OR host = ?2) AND (?3 IS NULL OR reported < ?3)
+                 RETURNING config, host",
+            )
+            .ctx(|| "forgetting agent reports".into())?;
+        let mut gone = stmt
+            .query_map(params![name, host, before], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<(String, String)>>>())
+            .ctx(|| "forgetting agent reports".into())?;
+        if let (Forget::Host { name, host }, true) = (which, gone.is_empty()) {
+            return Err(StoreError::NoReport {
+                config: name.clone(),
+                host: host.clone(),
+            });
+        }
+        gone.sort();
+        Ok(gone)
     }
 
     /// The last report of every host (of configuration `name` only, if given), with each
@@ -134,5 +173,54 @@ mod tests {
         assert_eq!(rows.len() as i64, MAX_ROWS);
         assert!(rows.iter().any(|r| r.host == "h2"));
         assert!(!rows.iter().any(|r| r.host == "h1" && r.config == "db"));
+    }
+
+    #[test]
+    fn forget_drops_one_named_host_or_the_silent_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), super::super::Options::default()).unwrap();
+        let h = "a".repeat(64);
+        for (config, host) in [("web", "h1"), ("web", "h2"), ("web", "h3"), ("db", "h1")] {
+            store
+                .record_status(&Report::new(config, host, &h, None), &actor("1"))
+                .unwrap();
+        }
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(c, h)| (c.to_string(), h.to_string()))
+                .collect()
+        };
+        let host = |name: &str, host: &str| Forget::Host {
+            name: name.into(),
+            host: host.into(),
+        };
+        let now = common::timefmt::now();
+
+        let err = store.forget_status(&host("db", "h2"), now).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"no report of host "h2" for configuration "db" found"#
+        );
+        assert_eq!(
+            store.forget_status(&host("web", "h2"), now).unwrap(),
+            pairs(&[("web", "h2")])
+        );
+        assert_eq!(store.status(None).unwrap().len(), 3);
+
+        // Nothing is silent yet; 31 minutes on, everything is.
+        let silent = |name: Option<&str>| Forget::Silent {
+            name: name.map(str::to_string),
+        };
+        assert_eq!(store.forget_status(&silent(None), now).unwrap(), []);
+        let later = now + report::SILENT_AFTER + std::time::Duration::from_secs(60);
+        assert_eq!(
+            store.forget_status(&silent(Some("web")), later).unwrap(),
+            pairs(&[("web", "h1"), ("web", "h3")])
+        );
+        assert_eq!(
+            store.forget_status(&silent(None), later).unwrap(),
+            pairs(&[("db", "h1")])
+        );
+        assert!(store.status(None).unwrap().is_empty());
     }
 }
