@@ -2,7 +2,8 @@
 //! resumably. The agent is SIGKILLed mid-download, then run again; a TCP proxy in front of
 //! moto (which also slows the first run down so there is a "mid") counts the bytes moto
 //! sends, so the test sees that the second run fetched about the rest, not everything. On a
-//! full disk the partial is dropped instead: kept, it would hold the space.
+//! full disk the partial is dropped instead: kept, it would hold the space. The last test
+//! fills the disk later, between the deploy script and the state file.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -307,5 +308,61 @@ fn full_disk_drops_the_partial_then_deploys_once_there_is_room() {
     assert!(
         proxy.down.load(Ordering::SeqCst) >= art.len() as u64,
         "downloaded from zero"
+    );
+}
+
+/// The deploy script fills the disk, so the state file cannot be saved: the run fails with
+/// one clear error and `current` still names the release the state names (it was switched
+/// first; before, it was left on the new tree, and the retry's script got that tree as
+/// OLDROOT with the old release's OLDID). Once there is room, the next run deploys and the
+/// script sees the old release as OLDROOT.
+#[test]
+fn state_file_on_a_full_disk_leaves_current_on_the_release_the_state_names() {
+    let Some(disk) = e2e::tmpfs::Tmpfs::mount(8 << 10) else {
+        return;
+    };
+    let (moto, _proxy, _, registry, key) = setup();
+    let host = Host::new_in(disk.path());
+    let script = host.path().join("deploy.sh");
+    fs::write(
+        &script,
+        "#!/bin/sh\necho \"$OLDID $OLDROOT $NEWID $NEWROOT\" >> deploys.log\n\
+         [ -e fill-the-disk ] && head -c 64M /dev/zero > fill 2>/dev/null\nexit 0\n",
+    )
+    .unwrap();
+    moto.put("rel", &key, &tar_gz(&[("version", b"1")]));
+    run_with_timeout(&mut host.command(&registry), None, DEFAULT_TIMEOUT_SECS).assert_ok();
+    let first = fs::read_link(host.path().join("current")).unwrap();
+    let state = fs::read_to_string(host.path().join("state.json")).unwrap();
+
+    moto.put(
+        "rel",
+        &key.replace("v1.0.0", "v1.1.0"),
+        &tar_gz(&[("version", b"2")]),
+    );
+    fs::write(host.path().join("fill-the-disk"), "").unwrap();
+    let out = run_with_timeout(&mut host.command(&registry), None, DEFAULT_TIMEOUT_SECS);
+    assert!(!out.ok(), "{out}");
+    let log = out.stderr_str() + &out.stdout_str();
+    assert!(
+        log.contains("cannot save state file") && log.contains("No space left on device"),
+        "{log}"
+    );
+    assert_eq!(fs::read_link(host.path().join("current")).unwrap(), first);
+    assert_eq!(
+        fs::read_to_string(host.path().join("state.json")).unwrap(),
+        state
+    );
+
+    fs::remove_file(host.path().join("fill")).unwrap();
+    fs::remove_file(host.path().join("fill-the-disk")).unwrap();
+    run_with_timeout(&mut host.command(&registry), None, DEFAULT_TIMEOUT_SECS).assert_ok();
+    assert_eq!(fs::read(host.path().join("current/version")).unwrap(), b"2");
+    let runs = fs::read_to_string(host.path().join("deploys.log")).unwrap();
+    let last: Vec<&str> = runs.lines().last().unwrap().split(' ').collect();
+    assert_eq!(Path::new(last[1]), first, "OLDROOT of the retry:\n{runs}");
+    assert_eq!(
+        Path::new(last[3]),
+        fs::read_link(host.path().join("current")).unwrap()
     );
 }

@@ -345,15 +345,25 @@ impl ReleaseAgent {
             }
         }
         self.script_backoff = None;
-        let previous = releases::current_target(&self.opts.dir)
+        let was_current = releases::current_target(&self.opts.dir);
+        let previous = was_current
+            .clone()
             .filter(|t| t.is_dir())
             .zip(local.config().cloned());
         // `current` first, the state second: the state is what says "nothing to do" on the
         // next poll, so a crash in between only makes that poll deploy the release again.
         releases::switch_current(&self.opts.dir, &new_root).context("cannot switch current")?;
         tracing::info!(from = %self.opts.dir.join("current").display(), to = %new_root.display(), "Create symlink");
-        state::save(&self.opts.state, &config)
-            .with_context(|| format!("cannot save state file {:?}", self.opts.state))?;
+        if let Err(e) = state::save(&self.opts.state, &config) {
+            // Not saved (a full disk): `current` goes back to the release the state names, so
+            // that the retry's script gets the OLDROOT of its OLDID, and a server's `current`
+            // names the release that runs.
+            if let Err(back) = releases::restore_current(&self.opts.dir, was_current.as_deref()) {
+                tracing::error!("cannot switch current back: {back}");
+            }
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot save state file {:?}", self.opts.state)));
+        }
         self.corrupt_reported = None;
         if let (Some(key), [hash]) = (&key, hashes.as_slice()) {
             store::write_keys(&self.cache, &self.dewy_dir, key, hash);

@@ -45,6 +45,17 @@ pub fn switch_current(dir: &Path, target: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Points `<dir>/current` back at `target`, or removes it when there was none.
+pub fn restore_current(dir: &Path, target: Option<&Path>) -> io::Result<()> {
+    match target {
+        Some(target) => switch_current(dir, target),
+        None => match std::fs::remove_file(dir.join("current")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+    }
+}
+
 /// Removes all but the newest [`cachekey::KEEP_RELEASES`] entries of `releases/` (by mtime,
 /// ties by name), never the one `current` points to. Returns the names removed.
 pub fn keep_newest(dir: &Path) -> io::Result<Vec<String>> {
@@ -105,5 +116,18 @@ mod tests {
         assert!(r.join(&names[0]).is_dir());
         assert_eq!(std::fs::read_dir(&r).unwrap().count(), 8);
         assert_eq!(current_target(tmp.path()).unwrap(), r.join(&names[0]));
+    }
+
+    #[test]
+    fn restore_current_points_back_or_removes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        switch_current(tmp.path(), &b).unwrap();
+        restore_current(tmp.path(), Some(&a)).unwrap();
+        assert_eq!(current_target(tmp.path()), Some(a));
+        restore_current(tmp.path(), None).unwrap();
+        assert_eq!(current_target(tmp.path()), None);
+        restore_current(tmp.path(), None).unwrap();
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     }
 }
