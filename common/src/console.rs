@@ -515,6 +515,32 @@ impl Command {
         )
     }
 
+    /// The configuration the command names, if it names one.
+    pub fn configuration(&self) -> Option<&str> {
+        match self {
+            Command::AddConf(AddConf { name, .. })
+            | Command::ChangeConf(ChangeConf { name, .. })
+            | Command::BumpConf(BumpConf { name, .. })
+            | Command::ShowConf(ShowConf { name, .. })
+            | Command::DelConf(DelConf { name, .. })
+            | Command::History(History { name })
+            | Command::Rollback(Rollback { name, .. })
+            | Command::Forget(Forget::Host { name, .. }) => Some(name),
+            Command::Status(Status { name }) | Command::Forget(Forget::Silent { name }) => {
+                name.as_deref()
+            }
+            Command::Help
+            | Command::AddVer(_)
+            | Command::ShowComp(_)
+            | Command::Components
+            | Command::Configurations
+            | Command::DelVer(_)
+            | Command::DelComp(_)
+            | Command::Audit(_)
+            | Command::Fsck => None,
+        }
+    }
+
     /// The command word (`addver`, ...).
     pub fn name(&self) -> &'static str {
         match self {
@@ -1382,6 +1408,12 @@ delconf         delete configuration
             let c = line(l).unwrap();
             assert_eq!(Some(c.name()), l.split(' ').next());
             assert_eq!(c.is_mutating(), want, "{l}");
+            let named = l
+                .split_once("-name ")
+                .map(|(_, n)| n.split(' ').next().unwrap());
+            let configuration =
+                named.filter(|_| !["addver", "showcomp", "delver", "delcomp"].contains(&c.name()));
+            assert_eq!(c.configuration(), configuration, "{l}");
         }
     }
 

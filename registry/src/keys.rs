@@ -8,9 +8,11 @@
 //! - on operator keys, `command="console line"` is enforced as sshd does: whatever the client
 //!   asks to run (a command, a shell), that line runs instead, and SFTP is refused; `no-pty`
 //!   and `restrict` (unless followed by `pty`) refuse a terminal (see [`Restrictions`]);
-//! - on service keys, `configs="pattern-list"` limits what the agent holding the key sees to
-//!   the configurations whose names match (and their layers' blobs), and what it may report
-//!   on (see [`Restrictions::may_see`]); the original let every agent key read everything (A7);
+//! - `configs="pattern-list"` limits a key to the configurations whose names match (see
+//!   [`Restrictions::may_see`]): on a service key, what the agent holding it sees (and their
+//!   layers' blobs) and may report on; on an operator key, what its console shows and changes
+//!   (`console::Access::Limited`). The original let every agent key read everything and every
+//!   operator delete everything (A7);
 //! - the files are re-read on SIGHUP, and on login when their mtime or size changed (checked at
 //!   most every [`RECHECK_INTERVAL`]).
 //!
@@ -55,7 +57,8 @@ pub struct Restrictions {
     pub command: Option<String>,
     /// `no-pty`, or `restrict` not followed by `pty`.
     pub no_pty: bool,
-    /// `configs="pattern-list"` (service keys only): the configurations the key may see.
+    /// `configs="pattern-list"` (service and operator keys): the configurations the key may
+    /// see.
     pub configs: Option<String>,
 }
 
@@ -410,15 +413,15 @@ impl Loaded {
     fn read(path: &Path, role: Role) -> Result<Loaded, KeyFileError> {
         let stamp = stamp(path);
         let keys = read_key_file(path)?;
-        // Only the service role is limited to some configurations: on a console key the option
-        // would be a restriction that nothing enforces.
+        // A viewer sees every configuration: on its key the option would be a restriction
+        // that nothing enforces.
         if let Some(k) = keys.iter().find(|k| k.restrictions.configs.is_some())
-            && role != Role::Service
+            && role == Role::Viewer
         {
             return Err(KeyFileError::Line {
                 path: path.to_path_buf(),
                 line: k.line,
-                reason: "option configs= is for service (agent) keys only".to_string(),
+                reason: "option configs= is for service and operator keys only".to_string(),
             });
         }
         Ok(Loaded {
@@ -709,7 +712,7 @@ mod tests {
     }
 
     #[test]
-    fn configs_limits_service_keys_and_is_refused_on_console_keys() {
+    fn configs_limits_service_and_operator_keys_and_is_refused_on_viewer_keys() {
         let text = format!("configs=\"web*,!web-secret,db\" {ED}\n{ED}\n");
         let keys = parse_key_file(p(), &text).unwrap();
         let limited = &keys[0].restrictions;
@@ -736,17 +739,14 @@ mod tests {
         std::fs::write(&op, format!("{ED}\n")).unwrap();
         std::fs::write(&view, format!("\nconfigs=\"web\" {ED}\n")).unwrap();
         assert!(Keyring::load(&op, &srv, None).is_ok());
-        for file in [&srv, &view] {
-            let err = Keyring::load(file, &op, None).map(|_| ()).unwrap_err();
-            assert!(
-                matches!(&err, KeyFileError::Line { reason, .. } if reason.contains("service (agent) keys only")),
-                "{err}"
-            );
-        }
+        assert!(Keyring::load(&srv, &srv, None).is_ok());
         let err = Keyring::load(&op, &srv, Some(&view))
             .map(|_| ())
             .unwrap_err();
-        assert!(matches!(err, KeyFileError::Line { line: 2, .. }), "{err}");
+        assert!(
+            matches!(&err, KeyFileError::Line { line: 2, reason, .. } if reason.contains("service and operator keys only")),
+            "{err}"
+        );
     }
 
     #[test]

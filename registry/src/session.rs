@@ -196,6 +196,9 @@ impl Connection {
             actor: self.actor(),
             access: match self.role() {
                 Some(Role::Viewer) => console::Access::ReadOnly,
+                _ if self.restrictions.configs.is_some() => {
+                    console::Access::Limited(self.restrictions.clone())
+                }
                 _ => console::Access::Full,
             },
             session: session.handle(),
@@ -583,9 +586,10 @@ async fn run_line(console: &Console, line: String) -> Outcome {
     let (store, actor, access) = (
         console.shared.store.clone(),
         console.actor.clone(),
-        console.access,
+        console.access.clone(),
     );
-    let work = tokio::task::spawn_blocking(move || console::execute(&store, &actor, &line, access));
+    let work =
+        tokio::task::spawn_blocking(move || console::execute(&store, &actor, &line, &access));
     tokio::pin!(work);
     let beat = console.shared.idle_limit.map_or(BUSY_HEARTBEAT, |limit| {
         (limit / 3).clamp(Duration::from_millis(50), BUSY_HEARTBEAT)

@@ -522,7 +522,7 @@ fn viewer_keys_only_look() {
     let audit = reg.ssh("audit").stdout_str();
     assert!(
         audit.lines().any(|l| l.contains("eve")
-            && l.contains("fail: read-only key")
+            && l.contains("fail: not allowed with a read-only key")
             && l.contains("delconf")),
         "{audit}"
     );
@@ -555,6 +555,73 @@ fn only_the_sftp_subsystem_exists() {
 /// `configs="pattern-list"` on a service key: its agent sees only those configurations, and
 /// only the blobs they name; everything else does not exist for it (A7: every agent key read
 /// every configuration and blob). Reports are limited the same way.
+/// An operator key with `configs="web*"` (A7: every operator could delete everything): its
+/// console shows and changes only the web configurations; it uploads and adds versions, but
+/// deletes none and runs neither audit nor fsck. Refusals are audited.
+#[test]
+fn an_operator_key_limited_to_some_configurations_changes_only_those() {
+    let keys = Keys::new();
+    let team = keys.extra("web-team");
+    let lines = format!(
+        "{}configs=\"web*\" {}",
+        keys.public(&keys.operator),
+        keys.public(&team)
+    );
+    fs::write(&keys.operator_keys, lines).unwrap();
+    let reg = Registry::start_in(None, keys, &[]);
+    add_version(&reg, "code", "v1", &tar_gz(&[("a", b"1")]));
+    reg.ssh("addconf -name db -layer code:v1").assert_ok();
+    let db = reg.ssh("showconf -name db").stdout_str();
+
+    // An upload and addver of its own, then its configurations.
+    let dir = tempfile::tempdir().unwrap();
+    let layer = dir.path().join("layer.tar.gz");
+    fs::write(&layer, tar_gz(&[("a", b"2")])).unwrap();
+    reg.sftp("alice", &team, &format!("put {} l.tgz\n", layer.display()))
+        .assert_ok();
+    let hash = e2e::sha256_hex(&fs::read(&layer).unwrap());
+    let team_runs = |cmd: &str| reg.ssh_as("alice", &team, cmd);
+    team_runs(&format!("addver -name code -version v2 -hash {hash}")).assert_ok();
+    team_runs("addconf -name web -layer code:v1").assert_ok();
+    team_runs("changeconf -name web -component code -version v2").assert_ok();
+    team_runs("configurations").assert_stdout("web\n");
+    reg.ssh("configurations").assert_stdout("db\nweb\n");
+
+    for (cmd, why) in [
+        (
+            "delconf -name db -force",
+            "configuration \"db\" is not among this key's configs=",
+        ),
+        (
+            "changeconf -name db -component code -version v2",
+            "configuration \"db\" is not among this key's configs=",
+        ),
+        (
+            "showconf -name db",
+            "configuration \"db\" is not among this key's configs=",
+        ),
+        (
+            "delver -name code -version v1",
+            "not allowed with a key limited by configs=",
+        ),
+        ("audit", "not allowed with a key limited by configs="),
+    ] {
+        let word = cmd.split(' ').next().unwrap();
+        team_runs(cmd)
+            .assert_code(1)
+            .assert_stdout(&format!("{word}: {why}\n"));
+    }
+    reg.ssh("showconf -name db").assert_stdout(&db);
+    reg.ssh("showcomp -name code").assert_stdout_contains("v1");
+    let audit = reg.ssh("audit").stdout_str();
+    assert!(
+        audit.lines().any(|l| l.contains("alice")
+            && l.contains("is not among this key's configs=")
+            && l.contains("delconf -name db -force")),
+        "{audit}"
+    );
+}
+
 #[test]
 fn a_service_key_limited_to_some_configurations_sees_only_those() {
     let keys = Keys::new();

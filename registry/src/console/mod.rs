@@ -12,6 +12,7 @@ pub mod shell;
 use common::console::{Command, HELP_LISTING, ParseError, UNKNOWN_COMMAND, render};
 use common::gostr;
 
+use crate::keys::Restrictions;
 use crate::store::{Actor, Store, StoreError};
 
 /// Longest command line accepted, bytes. Longer lines are refused before parsing.
@@ -35,16 +36,51 @@ impl Outcome {
     }
 }
 
-/// What a console may do: everything, or only the commands that show ([`Command::shows_only`]:
-/// the keys of `-viewauth`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a console may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
     Full,
+    /// Only the commands that show ([`Command::shows_only`]): the keys of `-viewauth`.
     ReadOnly,
+    /// An operator key with `configs=`: the configurations it names are the only ones it sees
+    /// and changes. It uploads and adds component versions (components are shared), but
+    /// deletes none, and runs neither `audit` (everybody's commands) nor `fsck` (every blob).
+    Limited(Restrictions),
+}
+
+impl Access {
+    /// Why `command` is refused, if it is (printed after `<command>: `).
+    fn refusal(&self, command: &Command) -> Option<String> {
+        match self {
+            Access::Full => None,
+            Access::ReadOnly => {
+                (!command.shows_only()).then(|| "not allowed with a read-only key".to_string())
+            }
+            Access::Limited(_) => match command.configuration() {
+                Some(config) if !self.may_see(config) => Some(format!(
+                    "configuration {} is not among this key's configs=",
+                    gostr::quote(config)
+                )),
+                Some(_) => None,
+                None => matches!(
+                    command,
+                    Command::DelVer(_) | Command::DelComp(_) | Command::Audit(_) | Command::Fsck
+                )
+                .then(|| "not allowed with a key limited by configs=".to_string()),
+            },
+        }
+    }
+
+    fn may_see(&self, config: &str) -> bool {
+        match self {
+            Access::Limited(r) => r.may_see(config),
+            Access::Full | Access::ReadOnly => true,
+        }
+    }
 }
 
 /// Runs one console line for `actor`, with `access`.
-pub fn execute(store: &Store, actor: &Actor, line: &str, access: Access) -> Outcome {
+pub fn execute(store: &Store, actor: &Actor, line: &str, access: &Access) -> Outcome {
     if line.len() > MAX_LINE {
         return Outcome::fail(format!(
             "command line too long: {} bytes, the limit is {MAX_LINE}\n",
@@ -57,14 +93,13 @@ pub fn execute(store: &Store, actor: &Actor, line: &str, access: Access) -> Outc
         Err(_) => return Outcome::fail(format!("{}\n", ParseError::Syntax)),
     };
     let (outcome, failure) = match Command::parse(&words) {
-        Ok(command) if access == Access::ReadOnly && !command.shows_only() => (
-            Outcome::fail(format!(
-                "{}: not allowed with a read-only key\n",
-                command.name()
-            )),
-            Some("read-only key".to_string()),
-        ),
-        Ok(command) => run(store, actor, command),
+        Ok(command) => match access.refusal(&command) {
+            Some(why) => (
+                Outcome::fail(format!("{}: {why}\n", command.name())),
+                Some(why),
+            ),
+            None => run(store, actor, access, command),
+        },
         Err(err) => {
             let text = match &err {
                 ParseError::Usage { output } => output.clone(),
@@ -106,8 +141,13 @@ fn log_and_audit(store: &Store, actor: &Actor, words: &[String], failure: Option
 }
 
 /// Applies a parsed command. Returns the outcome and, on failure, the reason for log and audit.
-fn run(store: &Store, actor: &Actor, command: Command) -> (Outcome, Option<String>) {
-    match apply(store, actor, command) {
+fn run(
+    store: &Store,
+    actor: &Actor,
+    access: &Access,
+    command: Command,
+) -> (Outcome, Option<String>) {
+    match apply(store, actor, access, command) {
         Ok(Applied {
             output,
             problems: None,
@@ -144,7 +184,12 @@ impl From<String> for Applied {
 /// Refusal to delete without `-force` (spec 1.8), exit 1.
 pub const DELCONF_NEEDS_FORCE: &str = "Run command with -force flag to confirm removal";
 
-fn apply(store: &Store, actor: &Actor, command: Command) -> Result<Applied, StoreError> {
+fn apply(
+    store: &Store,
+    actor: &Actor,
+    access: &Access,
+    command: Command,
+) -> Result<Applied, StoreError> {
     let output = match command {
         Command::Help => format!("{HELP_LISTING}\n"),
         Command::AddVer(c) => {
@@ -166,7 +211,11 @@ fn apply(store: &Store, actor: &Actor, command: Command) -> Result<Applied, Stor
         Command::ShowConf(c) => render::showconf(&store.show_conf(&c.name)?, c.verbose),
         Command::ShowComp(c) => render::showcomp(&store.show_comp(&c.name)?),
         Command::Components => render::names(&store.components()?),
-        Command::Configurations => render::names(&store.configurations()?),
+        Command::Configurations => {
+            let mut names = store.configurations()?;
+            names.retain(|n| access.may_see(n));
+            render::names(&names)
+        }
         Command::DelVer(c) => {
             store.del_ver(&c.name, &c.version, actor)?;
             String::new()
@@ -203,10 +252,13 @@ fn apply(store: &Store, actor: &Actor, command: Command) -> Result<Applied, Stor
         }
         Command::Audit(c) => render::audit(&store.audit(c.limit)?),
         Command::Status(c) => {
-            render::status(&store.status(c.name.as_deref())?, common::timefmt::now())
+            let mut rows = store.status(c.name.as_deref())?;
+            rows.retain(|r| access.may_see(&r.config));
+            render::status(&rows, common::timefmt::now())
         }
         Command::Forget(which) => {
-            let gone = store.forget_status(&which, common::timefmt::now())?;
+            let now = common::timefmt::now();
+            let gone = store.forget_status(&which, now, |config| access.may_see(config))?;
             tracing::info!(user = %actor.user, hosts = gone.len(), "agent reports forgotten");
             render::forgotten(&gone)
         }
@@ -259,7 +311,7 @@ mod tests {
     #[test]
     fn read_only_access_runs_what_shows_and_refuses_the_rest() {
         let (_dir, store, actor) = setup();
-        let ro = |line: &str| execute(&store, &actor, line, Access::ReadOnly);
+        let ro = |line: &str| execute(&store, &actor, line, &Access::ReadOnly);
         assert_eq!(ro("components"), Outcome::ok(String::new()));
         assert_eq!(
             ro("showconf -name nope").output,
@@ -281,40 +333,126 @@ mod tests {
         assert_eq!(ro("showconf").output, "name should be set\n");
         let audit = store.audit(100).unwrap();
         assert!(
-            audit
-                .iter()
-                .any(|r| r.command == "fsck" && r.result == "fail: read-only key"),
+            audit.iter().any(
+                |r| r.command == "fsck" && r.result == "fail: not allowed with a read-only key"
+            ),
             "{audit:?}"
         );
+    }
+
+    /// An operator key with `configs="web*"`: it sees and changes only the web
+    /// configurations, adds versions, deletes none, and runs neither audit nor fsck.
+    #[test]
+    fn limited_access_sees_and_changes_only_its_configurations() {
+        let (_dir, store, actor) = setup();
+        crate::store::tests::with_versions(&store, "code", &[("v1", b"1"), ("v2", b"2")]);
+        let full = |line: &str| execute(&store, &actor, line, &Access::Full);
+        assert_eq!(full("addconf -name web -layer code:v1").status, 0);
+        assert_eq!(full("addconf -name db -layer code:v1").status, 0);
+        let limited = Access::Limited(Restrictions {
+            configs: Some("web*".into()),
+            ..Restrictions::default()
+        });
+        let run = |line: &str| execute(&store, &actor, line, &limited);
+        for line in [
+            "addconf -name web-eu -layer code:v1",
+            "changeconf -name web -component code -version v2",
+            "showconf -name web",
+            "history -name web",
+            "rollback -name web",
+            "status -name web",
+            "components",
+            "showcomp -name code",
+        ] {
+            assert_eq!(run(line).status, 0, "{line}: {:?}", run(line));
+        }
+        assert_eq!(run("configurations"), Outcome::ok("web\nweb-eu\n".into()));
+        for (line, word) in [
+            ("addconf -name db2 -layer code:v1", "addconf"),
+            (
+                "changeconf -name db -component code -version v2",
+                "changeconf",
+            ),
+            ("bumpconf -name db -component code", "bumpconf"),
+            ("showconf -name db", "showconf"),
+            ("delconf -name db -force", "delconf"),
+            ("history -name db", "history"),
+            ("rollback -name db", "rollback"),
+            ("status -name db", "status"),
+            ("forget -name db -host h", "forget"),
+            ("forget -name db -silent", "forget"),
+        ] {
+            let config = line.split(' ').nth(2).unwrap();
+            assert_eq!(
+                run(line),
+                Outcome::fail(format!(
+                    "{word}: configuration \"{config}\" is not among this key's configs=\n"
+                )),
+                "{line}"
+            );
+        }
+        for (line, word) in [
+            ("delver -name code -version v1", "delver"),
+            ("delcomp -name code", "delcomp"),
+            ("audit", "audit"),
+            ("fsck", "fsck"),
+        ] {
+            assert_eq!(
+                run(line),
+                Outcome::fail(format!(
+                    "{word}: not allowed with a key limited by configs=\n"
+                )),
+                "{line}"
+            );
+        }
+        assert_eq!(full("showconf -name db").status, 0, "db is still there");
+
+        // `status` and `forget -silent` without a name cover only its configurations.
+        let h = "a".repeat(64);
+        let agent = Actor {
+            user: "deploy-agent".into(),
+            ..actor.clone()
+        };
+        for config in ["web", "db"] {
+            store
+                .record_status(&common::report::Report::new(config, "h1", &h, None), &agent)
+                .unwrap();
+        }
+        let status = run("status").output;
+        assert!(
+            status.starts_with("web ") && status.lines().count() == 1,
+            "{status}"
+        );
+        assert_eq!(full("status").output.lines().count(), 2);
     }
 
     #[test]
     fn console_texts() {
         let (_dir, store, actor) = setup();
-        let out = execute(&store, &actor, "help", Access::Full);
+        let out = execute(&store, &actor, "help", &Access::Full);
         assert_eq!(out, Outcome::ok(format!("{HELP_LISTING}\n")));
         assert_eq!(
-            execute(&store, &actor, "showconf \"x", Access::Full).output,
+            execute(&store, &actor, "showconf \"x", &Access::Full).output,
             "invalid command line string\n"
         );
         assert_eq!(
-            execute(&store, &actor, "frobnicate", Access::Full).output,
+            execute(&store, &actor, "frobnicate", &Access::Full).output,
             format!("{UNKNOWN_COMMAND}\n")
         );
         assert_eq!(
-            execute(&store, &actor, "showconf", Access::Full).output,
+            execute(&store, &actor, "showconf", &Access::Full).output,
             "name should be set\n"
         );
-        let out = execute(&store, &actor, "delconf -name x", Access::Full);
+        let out = execute(&store, &actor, "delconf -name x", &Access::Full);
         assert_eq!(
             out,
             Outcome::fail("Run command with -force flag to confirm removal\n".into())
         );
         assert_eq!(
-            execute(&store, &actor, "showconf -name nope", Access::Full).output,
+            execute(&store, &actor, "showconf -name nope", &Access::Full).output,
             "configuration \"nope\" not found\n"
         );
-        let out = execute(&store, &actor, "showconf -x", Access::Full);
+        let out = execute(&store, &actor, "showconf -x", &Access::Full);
         assert!(
             out.output
                 .starts_with("flag provided but not defined: -x\nUsage of showconf:\n"),
@@ -322,12 +460,12 @@ mod tests {
         );
         assert_eq!(out.status, 1);
         assert_eq!(
-            execute(&store, &actor, "components", Access::Full),
+            execute(&store, &actor, "components", &Access::Full),
             Outcome::ok(String::new())
         );
         let long = format!("help {}", "a".repeat(MAX_LINE));
         assert!(
-            execute(&store, &actor, &long, Access::Full)
+            execute(&store, &actor, &long, &Access::Full)
                 .output
                 .starts_with("command line too long")
         );

@@ -51,7 +51,7 @@ use common::timefmt::OffsetDateTime;
 use rusqlite::Connection;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// Who runs a command, for the audit log and history.
 #[derive(Debug, Clone, Default)]

@@ -43,12 +43,14 @@ impl Store {
         tx.commit().ctx(|| "commit of an agent report".into())
     }
 
-    /// Drops the rows `which` names, as of `now`; returns their (configuration, host), sorted.
-    /// Naming one host that has no row is an error; `-silent` may find none.
+    /// Drops the rows `which` names, as of `now`, of the configurations `may_see` admits;
+    /// returns their (configuration, host), sorted. Naming one host that has no row is an
+    /// error; `-silent` may find none.
     pub fn forget_status(
         &self,
         which: &Forget,
         now: OffsetDateTime,
+        may_see: impl Fn(&str) -> bool,
     ) -> Result<Vec<(String, String)>> {
         let (name, host, before) = match which {
             Forget::Host { name, host } => (Some(name), Some(host), None),
@@ -58,24 +60,34 @@ impl Store {
                 Some(unix_nanos(report::silent_before(now))),
             ),
         };
-        let conn = self.conn();
-        let mut stmt = conn
+        let mut conn = self.conn();
+        let tx = conn.transaction().ctx(|| "begin".into())?;
+        let mut gone = tx
             .prepare(
-                "DELETE FROM agent_status WHERE (?1 IS NULL OR config = ?1)
-                 AND (?2 IS NULL OR host = ?2) AND (?3 IS NULL OR reported < ?3)
-                 RETURNING config, host",
+                "SELECT config, host FROM agent_status WHERE (?1 IS NULL OR config = ?1)
+                 AND (?2 IS NULL OR host = ?2) AND (?3 IS NULL OR reported < ?3)",
             )
-            .ctx(|| "forgetting agent reports".into())?;
-        let mut gone = stmt
-            .query_map(params![name, host, before], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<(String, String)>>>())
-            .ctx(|| "forgetting agent reports".into())?;
+            .and_then(|mut stmt| {
+                stmt.query_map(params![name, host, before], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<Vec<(String, String)>>>()
+            })
+            .ctx(|| "listing agent reports to forget".into())?;
+        gone.retain(|(config, _)| may_see(config));
         if let (Forget::Host { name, host }, true) = (which, gone.is_empty()) {
             return Err(StoreError::NoReport {
                 config: name.clone(),
                 host: host.clone(),
             });
         }
+        for (config, host) in &gone {
+            tx.execute(
+                "DELETE FROM agent_status WHERE config = ?1 AND host = ?2",
+                [config, host],
+            )
+            .ctx(|| "forgetting agent reports".into())?;
+        }
+        tx.commit()
+            .ctx(|| "commit of forgotten agent reports".into())?;
         gone.sort();
         Ok(gone)
     }
@@ -195,14 +207,15 @@ mod tests {
             host: host.into(),
         };
         let now = common::timefmt::now();
+        let forget = |which: &Forget, at| store.forget_status(which, at, |_| true);
 
-        let err = store.forget_status(&host("db", "h2"), now).unwrap_err();
+        let err = forget(&host("db", "h2"), now).unwrap_err();
         assert_eq!(
             err.to_string(),
             r#"no report of host "h2" for configuration "db" found"#
         );
         assert_eq!(
-            store.forget_status(&host("web", "h2"), now).unwrap(),
+            forget(&host("web", "h2"), now).unwrap(),
             pairs(&[("web", "h2")])
         );
         assert_eq!(store.status(None).unwrap().len(), 3);
@@ -211,14 +224,31 @@ mod tests {
         let silent = |name: Option<&str>| Forget::Silent {
             name: name.map(str::to_string),
         };
-        assert_eq!(store.forget_status(&silent(None), now).unwrap(), []);
+        assert_eq!(forget(&silent(None), now).unwrap(), []);
         let later = now + report::SILENT_AFTER + std::time::Duration::from_secs(60);
         assert_eq!(
-            store.forget_status(&silent(Some("web")), later).unwrap(),
+            forget(&silent(Some("web")), later).unwrap(),
             pairs(&[("web", "h1"), ("web", "h3")])
         );
+        // A key limited to some configurations forgets only theirs.
+        store
+            .record_status(&Report::new("api", "h1", &h, None), &actor("1"))
+            .unwrap();
         assert_eq!(
-            store.forget_status(&silent(None), later).unwrap(),
+            store
+                .forget_status(&silent(None), later, |c| c != "db")
+                .unwrap(),
+            pairs(&[("api", "h1")])
+        );
+        assert_eq!(
+            store
+                .forget_status(&host("db", "h1"), later, |c| c != "db")
+                .unwrap_err()
+                .to_string(),
+            r#"no report of host "h1" for configuration "db" found"#
+        );
+        assert_eq!(
+            forget(&silent(None), later).unwrap(),
             pairs(&[("db", "h1")])
         );
         assert!(store.status(None).unwrap().is_empty());

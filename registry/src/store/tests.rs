@@ -54,7 +54,11 @@ fn upload(store: &Store, data: &[u8]) -> String {
 }
 
 /// A store with component `c` holding versions of the given contents.
-fn with_versions(store: &Store, component: &str, versions: &[(&str, &[u8])]) -> Vec<String> {
+pub(crate) fn with_versions(
+    store: &Store,
+    component: &str,
+    versions: &[(&str, &[u8])],
+) -> Vec<String> {
     versions
         .iter()
         .map(|(v, data)| {
