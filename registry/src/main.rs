@@ -80,7 +80,10 @@ async fn run(options: cli::Options) -> anyhow::Result<ExitCode> {
     };
     if options.fsck {
         let store = store::Store::open(&options.dir, store_options)?;
-        let report = tokio::task::spawn_blocking(move || store.fsck()).await??;
+        let report = tokio::task::spawn_blocking(move || {
+            store.fsck(&tokio_util::sync::CancellationToken::new())
+        })
+        .await??;
         print!("{}", console::fsck_text(&report));
         return Ok(if report.problems.is_empty() {
             ExitCode::SUCCESS

@@ -18,7 +18,7 @@ use common::report::Report;
 use russh::keys::ssh_key::HashAlg;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelMsg};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::console::shell::{self, Editor, Event, LineSplitter, Piped};
@@ -203,6 +203,7 @@ impl Connection {
             },
             session: session.handle(),
             channel,
+            interrupt: Interrupt::default(),
         }
     }
 
@@ -239,7 +240,7 @@ impl Connection {
         let at = self.next_report.max(tokio::time::Instant::now());
         self.next_report = at + REPORT_PACE;
         let (store, actor) = (self.shared.store.clone(), self.actor());
-        self.spawn(answer(ch, async move {
+        self.spawn(answer(ch, Interrupt::default(), false, async move {
             tokio::time::sleep_until(at).await;
             let (output, status) = match parsed {
                 Err(why) => {
@@ -571,6 +572,46 @@ struct Console {
     /// The session, to keep it from counting as idle while a command runs.
     session: russh::server::Handle,
     channel: ChannelId,
+    interrupt: Interrupt,
+}
+
+/// What a terminal sends for Ctrl-C.
+const CTRL_C: u8 = 0x03;
+
+/// What stops a running command (`fsck`): its channel closing (the client went away), or
+/// Ctrl-C typed on its pty. The original ran every command to its end.
+#[derive(Clone, Default)]
+struct Interrupt {
+    /// Cancelled once the channel is gone, for good.
+    closed: CancellationToken,
+    /// Woken by each Ctrl-C: only a command running at the time stops.
+    ctrl_c: Arc<Notify>,
+}
+
+impl Interrupt {
+    /// Looks at one message of the channel: data with Ctrl-C on a pty wakes the command.
+    fn saw(&self, msg: &ChannelMsg, pty: bool) {
+        if let ChannelMsg::Data { data } = msg
+            && pty
+            && data.contains(&CTRL_C)
+        {
+            self.ctrl_c.notify_waiters();
+        }
+    }
+
+    /// Resolves at the next interruption. Ctrl-C counts from this call on, not from the
+    /// first poll.
+    fn wait(&self) -> impl Future<Output = ()> + use<> {
+        let closed = self.closed.clone();
+        let mut typed = Box::pin(Arc::clone(&self.ctrl_c).notified_owned());
+        typed.as_mut().enable();
+        async move {
+            tokio::select! {
+                () = closed.cancelled() => {}
+                () = typed => {}
+            }
+        }
+    }
 }
 
 /// How often a running command tells russh the connection is not idle (at most; a third of
@@ -588,8 +629,13 @@ async fn run_line(console: &Console, line: String) -> Outcome {
         console.actor.clone(),
         console.access.clone(),
     );
-    let work =
-        tokio::task::spawn_blocking(move || console::execute(&store, &actor, &line, &access));
+    let interrupted = console.interrupt.wait();
+    tokio::pin!(interrupted);
+    let stop = CancellationToken::new();
+    let stopping = stop.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        console::execute(&store, &actor, &line, &access, &stopping)
+    });
     tokio::pin!(work);
     let beat = console.shared.idle_limit.map_or(BUSY_HEARTBEAT, |limit| {
         (limit / 3).clamp(Duration::from_millis(50), BUSY_HEARTBEAT)
@@ -598,6 +644,7 @@ async fn run_line(console: &Console, line: String) -> Outcome {
     let result = loop {
         tokio::select! {
             result = &mut work => break result,
+            () = &mut interrupted, if !stop.is_cancelled() => stop.cancel(),
             _ = heartbeat.tick() => {
                 let _ = console.session.data(console.channel, bytes::Bytes::new()).await;
             }
@@ -617,7 +664,7 @@ async fn run_line(console: &Console, line: String) -> Outcome {
 
 /// Exec mode: run the command, send its output and exit status, EOF, close.
 async fn run_exec(channel: Channel<Msg>, console: Console, line: String, pty: bool) {
-    answer(channel, async {
+    answer(channel, console.interrupt.clone(), pty, async {
         let outcome = run_line(&console, line).await;
         let bytes = if pty {
             shell::crlf(&outcome.output)
@@ -630,10 +677,21 @@ async fn run_exec(channel: Channel<Msg>, console: Console, line: String, pty: bo
 }
 
 /// Serves a started exec channel: `work`'s output and exit status, then the end. What the
-/// client sends meanwhile is read and dropped, so that russh's queue never blocks the session.
-async fn answer(channel: Channel<Msg>, work: impl Future<Output = (Vec<u8>, u32)>) {
+/// client sends meanwhile is read and dropped (so that russh's queue never blocks the
+/// session), but for `interrupt`'s signals.
+async fn answer(
+    channel: Channel<Msg>,
+    interrupt: Interrupt,
+    pty: bool,
+    work: impl Future<Output = (Vec<u8>, u32)>,
+) {
     let (mut reader, writer) = channel.split();
-    let drain = tokio::spawn(async move { while reader.wait().await.is_some() {} });
+    let drain = tokio::spawn(async move {
+        while let Some(msg) = reader.wait().await {
+            interrupt.saw(&msg, pty);
+        }
+        interrupt.closed.cancel();
+    });
     let (output, status) = work.await;
     let _ = finish(&writer, &output, status).await;
     drain.abort();
@@ -735,6 +793,8 @@ enum Input {
 fn read_input(
     mut reader: russh::ChannelReadHalf,
     waiting: Arc<WaitingInput>,
+    interrupt: Interrupt,
+    pty: bool,
 ) -> (
     tokio::sync::mpsc::UnboundedReceiver<Input>,
     tokio::task::JoinHandle<()>,
@@ -743,6 +803,7 @@ fn read_input(
     let task = tokio::spawn(async move {
         let mut overflowed = false;
         while let Some(msg) = reader.wait().await {
+            interrupt.saw(&msg, pty);
             let input = match msg {
                 ChannelMsg::Data { .. } if overflowed => continue,
                 ChannelMsg::Data { data } => match waiting.take(data.len()).await {
@@ -759,6 +820,7 @@ fn read_input(
             // The shell stopped listening; go on reading until the channel closes.
             let _ = tx.send(input);
         }
+        interrupt.closed.cancel();
         let _ = tx.send(Input::End);
     });
     (rx, task)
@@ -771,7 +833,12 @@ async fn run_shell(channel: Channel<Msg>, console: Console, pty: Option<Pty>) {
         Arc::clone(&console.shared.input_room),
         crate::server::stall_limit(console.shared.idle_limit),
     ));
-    let (mut input, reading) = read_input(reader, Arc::clone(&waiting));
+    let (mut input, reading) = read_input(
+        reader,
+        Arc::clone(&waiting),
+        console.interrupt.clone(),
+        pty.is_some(),
+    );
     let status = shell_loop(&writer, &mut input, &waiting, &console, pty).await;
     let _ = writer.exit_status(status).await;
     let _ = writer.eof().await;

@@ -2,6 +2,7 @@
 //! and error text of spec 1.7/1.8 byte for byte, exit statuses, the shellwords quirks, and the
 //! interactive shell through a pty.
 
+use std::fs;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -1105,6 +1106,71 @@ fn interactive_shell_with_a_pty() {
         "output: {:?}",
         String::from_utf8_lossy(&sh.output())
     );
+}
+
+/// Whether the registry has `path` open.
+fn holds_open(reg: &Registry, path: &std::path::Path) -> bool {
+    fs::read_dir(format!("/proc/{}/fd", reg.pid()))
+        .map(|fds| {
+            fds.flatten()
+                .any(|fd| fs::read_link(fd.path()).is_ok_and(|t| t == path))
+        })
+        .unwrap_or(false)
+}
+
+/// Ctrl-C on the console's pty stops a running `fsck`, and so does its client going away (the
+/// original ran every command to its end). The blob is made slow to hash: a sparse 1 TiB file
+/// in its place, minutes of SHA-256.
+#[test]
+fn a_running_fsck_stops_on_ctrl_c_and_when_its_client_leaves() {
+    let reg = Registry::start();
+    let hash = add_version(&reg, "code", "v1", &tar_gz(&[("a", b"1")]));
+    let blob = reg.data_dir().join("files").join(&hash);
+    fs::remove_file(&blob).unwrap();
+    fs::File::create(&blob).unwrap().set_len(1 << 40).unwrap();
+    let blob = blob.canonicalize().unwrap();
+
+    let mut cmd = reg.ssh_cmd(&reg.keys.operator);
+    cmd.arg("-tt").arg(reg.dest("op"));
+    let mut sh = Pty::spawn(cmd);
+    sh.wait_for("the prompt", |o| has(o, PROMPT));
+    sh.send(b"fsck\r");
+    sh.wait_for("fsck reading the blob", |_| holds_open(&reg, &blob));
+    sh.send(b"\x03");
+    sh.wait_for("fsck interrupted, then the prompt", |o| {
+        has(o, b"fsck\r\nfsck interrupted\r\n") && o.ends_with(PROMPT)
+    });
+    sh.send(b"components\r");
+    sh.wait_for("the console going on", |o| {
+        has(o, b"components\r\ncode\r\n") && o.ends_with(PROMPT)
+    });
+    sh.send(b"\x04");
+    assert_eq!(sh.wait_exit().code(), Some(0));
+
+    let mut cmd = reg.ssh_cmd(&reg.keys.operator);
+    cmd.arg(reg.dest("op")).arg("fsck");
+    let exec = Pty::spawn(cmd);
+    exec.wait_for("fsck reading the blob", |_| holds_open(&reg, &blob));
+    drop(exec);
+    // Both runs end in the audit log, interrupted (not after the minutes of hashing).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let audit = reg.ssh("audit").stdout_str();
+        let fscks: Vec<&str> = audit.lines().filter(|l| l.ends_with(" fsck")).collect();
+        if fscks.len() == 2 {
+            assert!(
+                fscks.iter().all(|l| l.contains(" fail: fsck interrupted ")),
+                "{audit}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fsck went on without its client\n{audit}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!holds_open(&reg, &blob));
 }
 
 /// The operator's console without a pty (`ssh -T`), `input` piped in.

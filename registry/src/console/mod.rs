@@ -11,6 +11,7 @@ pub mod shell;
 
 use common::console::{Command, HELP_LISTING, ParseError, UNKNOWN_COMMAND, render};
 use common::gostr;
+use tokio_util::sync::CancellationToken;
 
 use crate::keys::Restrictions;
 use crate::store::{Actor, Store, StoreError};
@@ -79,8 +80,15 @@ impl Access {
     }
 }
 
-/// Runs one console line for `actor`, with `access`.
-pub fn execute(store: &Store, actor: &Actor, line: &str, access: &Access) -> Outcome {
+/// Runs one console line for `actor`, with `access`. A long command (`fsck`) ends early once
+/// `stop` is cancelled.
+pub fn execute(
+    store: &Store,
+    actor: &Actor,
+    line: &str,
+    access: &Access,
+    stop: &CancellationToken,
+) -> Outcome {
     if line.len() > MAX_LINE {
         return Outcome::fail(format!(
             "command line too long: {} bytes, the limit is {MAX_LINE}\n",
@@ -98,7 +106,7 @@ pub fn execute(store: &Store, actor: &Actor, line: &str, access: &Access) -> Out
                 Outcome::fail(format!("{}: {why}\n", command.name())),
                 Some(why),
             ),
-            None => run(store, actor, access, command),
+            None => run(store, actor, access, stop, command),
         },
         Err(err) => {
             let text = match &err {
@@ -145,9 +153,10 @@ fn run(
     store: &Store,
     actor: &Actor,
     access: &Access,
+    stop: &CancellationToken,
     command: Command,
 ) -> (Outcome, Option<String>) {
-    match apply(store, actor, access, command) {
+    match apply(store, actor, access, stop, command) {
         Ok(Applied {
             output,
             problems: None,
@@ -188,6 +197,7 @@ fn apply(
     store: &Store,
     actor: &Actor,
     access: &Access,
+    stop: &CancellationToken,
     command: Command,
 ) -> Result<Applied, StoreError> {
     let output = match command {
@@ -263,7 +273,7 @@ fn apply(
             render::forgotten(&gone)
         }
         Command::Fsck => {
-            let report = store.fsck()?;
+            let report = store.fsck(stop)?;
             let output = fsck_text(&report);
             let problems = (!report.problems.is_empty())
                 .then(|| format!("fsck: {} problems", report.problems.len()));
@@ -297,6 +307,10 @@ pub fn fsck_text(report: &crate::store::FsckReport) -> String {
 mod tests {
     use super::*;
 
+    fn exec(store: &Store, actor: &Actor, access: &Access, line: &str) -> Outcome {
+        execute(store, actor, line, access, &CancellationToken::new())
+    }
+
     fn setup() -> (tempfile::TempDir, Store, Actor) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), crate::store::Options::default()).unwrap();
@@ -311,7 +325,7 @@ mod tests {
     #[test]
     fn read_only_access_runs_what_shows_and_refuses_the_rest() {
         let (_dir, store, actor) = setup();
-        let ro = |line: &str| execute(&store, &actor, line, &Access::ReadOnly);
+        let ro = |line: &str| exec(&store, &actor, &Access::ReadOnly, line);
         assert_eq!(ro("components"), Outcome::ok(String::new()));
         assert_eq!(
             ro("showconf -name nope").output,
@@ -346,14 +360,14 @@ mod tests {
     fn limited_access_sees_and_changes_only_its_configurations() {
         let (_dir, store, actor) = setup();
         crate::store::tests::with_versions(&store, "code", &[("v1", b"1"), ("v2", b"2")]);
-        let full = |line: &str| execute(&store, &actor, line, &Access::Full);
+        let full = |line: &str| exec(&store, &actor, &Access::Full, line);
         assert_eq!(full("addconf -name web -layer code:v1").status, 0);
         assert_eq!(full("addconf -name db -layer code:v1").status, 0);
         let limited = Access::Limited(Restrictions {
             configs: Some("web*".into()),
             ..Restrictions::default()
         });
-        let run = |line: &str| execute(&store, &actor, line, &limited);
+        let run = |line: &str| exec(&store, &actor, &limited, line);
         for line in [
             "addconf -name web-eu -layer code:v1",
             "changeconf -name web -component code -version v2",
@@ -429,30 +443,30 @@ mod tests {
     #[test]
     fn console_texts() {
         let (_dir, store, actor) = setup();
-        let out = execute(&store, &actor, "help", &Access::Full);
+        let out = exec(&store, &actor, &Access::Full, "help");
         assert_eq!(out, Outcome::ok(format!("{HELP_LISTING}\n")));
         assert_eq!(
-            execute(&store, &actor, "showconf \"x", &Access::Full).output,
+            exec(&store, &actor, &Access::Full, "showconf \"x").output,
             "invalid command line string\n"
         );
         assert_eq!(
-            execute(&store, &actor, "frobnicate", &Access::Full).output,
+            exec(&store, &actor, &Access::Full, "frobnicate").output,
             format!("{UNKNOWN_COMMAND}\n")
         );
         assert_eq!(
-            execute(&store, &actor, "showconf", &Access::Full).output,
+            exec(&store, &actor, &Access::Full, "showconf").output,
             "name should be set\n"
         );
-        let out = execute(&store, &actor, "delconf -name x", &Access::Full);
+        let out = exec(&store, &actor, &Access::Full, "delconf -name x");
         assert_eq!(
             out,
             Outcome::fail("Run command with -force flag to confirm removal\n".into())
         );
         assert_eq!(
-            execute(&store, &actor, "showconf -name nope", &Access::Full).output,
+            exec(&store, &actor, &Access::Full, "showconf -name nope").output,
             "configuration \"nope\" not found\n"
         );
-        let out = execute(&store, &actor, "showconf -x", &Access::Full);
+        let out = exec(&store, &actor, &Access::Full, "showconf -x");
         assert!(
             out.output
                 .starts_with("flag provided but not defined: -x\nUsage of showconf:\n"),
@@ -460,12 +474,12 @@ mod tests {
         );
         assert_eq!(out.status, 1);
         assert_eq!(
-            execute(&store, &actor, "components", &Access::Full),
+            exec(&store, &actor, &Access::Full, "components"),
             Outcome::ok(String::new())
         );
         let long = format!("help {}", "a".repeat(MAX_LINE));
         assert!(
-            execute(&store, &actor, &long, &Access::Full)
+            exec(&store, &actor, &Access::Full, &long)
                 .output
                 .starts_with("command line too long")
         );

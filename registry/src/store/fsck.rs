@@ -2,20 +2,39 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 
 use rusqlite::params;
+use tokio_util::sync::CancellationToken;
 
 use super::uploads::hash_reader;
-use super::{Ctx, FsckReport, Result, Store, unix_nanos};
+use super::{Ctx, FsckReport, Result, Store, StoreError, unix_nanos};
+
+/// A blob's reader that fails once `stop` is cancelled, so that a large blob does not hold
+/// an interrupted fsck until it is hashed.
+pub(super) struct Stoppable<'a> {
+    pub(super) file: &'a File,
+    pub(super) stop: &'a CancellationToken,
+}
+
+impl Read for Stoppable<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stop.is_cancelled() {
+            return Err(io::Error::other("fsck interrupted"));
+        }
+        self.file.read(buf)
+    }
+}
 
 impl Store {
     /// Re-hashes every blob and checks every reference.
     ///
     /// The blob list is read under the connection lock, the hashing (which may take minutes)
     /// runs without it, and `verified_at` is recorded afterwards for the blobs that passed.
-    /// Problem lines name files relative to the registry directory.
-    pub fn fsck(&self) -> Result<FsckReport> {
+    /// Problem lines name files relative to the registry directory. Once `stop` is cancelled
+    /// (the client went away, or pressed Ctrl-C), it ends with [`StoreError::Interrupted`] and
+    /// records nothing.
+    pub fn fsck(&self, stop: &CancellationToken) -> Result<FsckReport> {
         let mut report = FsckReport::default();
         let blobs: Vec<(String, i64)> = {
             let conn = self.conn();
@@ -31,6 +50,9 @@ impl Store {
         let mut verified = Vec::new();
         let mut missing = HashSet::new();
         for (hash, size) in &blobs {
+            if stop.is_cancelled() {
+                return Err(StoreError::Interrupted("fsck"));
+            }
             let path = self.inner.files.join(hash);
             let file = match File::open(&path) {
                 Ok(f) => f,
@@ -47,8 +69,9 @@ impl Store {
                     continue;
                 }
             };
-            let (digest, len) = match hash_reader(&mut &file) {
+            let (digest, len) = match hash_reader(&mut Stoppable { file: &file, stop }) {
                 Ok(r) => r,
+                Err(_) if stop.is_cancelled() => return Err(StoreError::Interrupted("fsck")),
                 Err(e) => {
                     tracing::error!("fsck: reading {}: {e}", path.display());
                     report

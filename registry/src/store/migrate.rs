@@ -265,6 +265,7 @@ mod tests {
     use std::process::Command;
 
     use sha2::{Digest as _, Sha256};
+    use tokio_util::sync::CancellationToken;
 
     use super::super::{Actor, Options, Store};
 
@@ -514,7 +515,7 @@ mod tests {
         assert!(gone.exists());
         assert_eq!(store.gc_blobs().unwrap(), 1);
         assert!(!gone.exists());
-        let report = store.fsck().unwrap();
+        let report = store.fsck(&CancellationToken::new()).unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         assert_eq!(report.blobs_checked, 332);
 

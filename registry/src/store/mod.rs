@@ -135,6 +135,9 @@ pub enum StoreError {
     /// `forget -host` of a host with no report kept for that configuration.
     #[error("no report of host {host:?} for configuration {config:?} found")]
     NoReport { config: String, host: String },
+    /// A long command stopped on request (its client went away, or pressed Ctrl-C).
+    #[error("{0} interrupted")]
+    Interrupted(&'static str),
     /// Upload refused by a limit (size, count).
     #[error("{0}")]
     Limit(String),

@@ -1,10 +1,12 @@
 //! Unit tests of the store against real temporary directories.
 
+use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
+use tokio_util::sync::CancellationToken;
 
 use super::*;
 
@@ -883,6 +885,36 @@ fn gc_removes_unreferenced_and_unknown_files_only() {
     assert_eq!(store.blob_path(&digest), None);
 }
 
+/// A cancelled fsck ends at once, also inside a large blob, and records nothing.
+#[test]
+fn fsck_stops_when_told() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path());
+    let h = with_versions(&store, "c", &[("v", b"v")]);
+    let stop = CancellationToken::new();
+    stop.cancel();
+    let err = store.fsck(&stop).unwrap_err();
+    assert!(matches!(err, StoreError::Interrupted("fsck")), "{err}");
+    assert_eq!(err.to_string(), "fsck interrupted");
+
+    // Inside a blob: the reader fails at its next read once stopped.
+    let file = File::open(tmp.path().join("files").join(&h[0])).unwrap();
+    let live = CancellationToken::new();
+    let mut reader = super::fsck::Stoppable {
+        file: &file,
+        stop: &live,
+    };
+    let mut buf = [0u8; 1];
+    assert_eq!(reader.read(&mut buf).unwrap(), 1);
+    live.cancel();
+    assert!(reader.read(&mut buf).is_err());
+    let verified: i64 = store
+        .conn()
+        .query_row("SELECT count(verified_at) FROM blobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(verified, 0);
+}
+
 #[test]
 fn fsck_reports_without_repairing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -892,7 +924,7 @@ fn fsck_reports_without_repairing() {
         "c",
         &[("good", b"good"), ("bad", b"bad"), ("gone", b"gone")],
     );
-    let report = store.fsck().unwrap();
+    let report = store.fsck(&CancellationToken::new()).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!((report.blobs_checked, report.bytes_checked), (3, 11));
     let verified: i64 = store
@@ -905,7 +937,7 @@ fn fsck_reports_without_repairing() {
     std::fs::write(files.join(&h[1]), b"BAD").unwrap();
     std::fs::remove_file(files.join(&h[2])).unwrap();
     std::fs::write(files.join("stray"), b"").unwrap();
-    let report = store.fsck().unwrap();
+    let report = store.fsck(&CancellationToken::new()).unwrap();
     let mut expected = vec![
         format!(
             "hash mismatch for files/{}: content hashes to {}",
