@@ -93,9 +93,6 @@ pub async fn run(ctx: Arc<Context>, url: RegistryUrl, source: ImgSource) -> bool
         // (or a registry that is down) is not retried, with a container started each time,
         // every interval.
         let wait = crate::dewy::poll_delay(poll, failures, None, max_backoff);
-        if failures > 0 {
-            tracing::debug!("next poll in {}", common::goflag::format_duration(wait));
-        }
         tokio::select! {
             _ = ctx.cancel.cancelled() => break,
             () = tokio::time::sleep(wait) => {}

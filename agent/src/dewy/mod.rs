@@ -210,9 +210,6 @@ impl ReleaseAgent {
                 retry_after,
                 self.opts.max_backoff,
             );
-            if !ok {
-                tracing::debug!("next poll in {}", common::goflag::format_duration(wait));
-            }
             let deadline = tokio::time::Instant::now() + wait;
             loop {
                 tokio::select! {
@@ -665,7 +662,8 @@ fn dewy_key(release: &Release) -> Option<String> {
 /// The poll interval after `failures` failed cycles in a row: doubled per failure from the
 /// second on, up to `max` (never below the interval itself, so a `max` of 0 is no backoff,
 /// Dewy's `--poll-backoff-max 0`), at least what the server asked for, ±10 % jitter so a
-/// fleet does not poll in step.
+/// fleet does not poll in step. After a failure it is logged (debug), for whoever waits for
+/// the retry.
 pub fn poll_delay(
     poll: Duration,
     failures: u32,
@@ -679,10 +677,14 @@ pub fn poll_delay(
             .min(max.max(poll))
     };
     let jittered = base.mul_f64(rand::random_range(0.9..1.1));
-    match retry_after {
+    let wait = match retry_after {
         Some(r) => jittered.max(r),
         None => jittered,
+    };
+    if failures > 0 {
+        tracing::debug!("next poll in {}", common::goflag::format_duration(wait));
     }
+    wait
 }
 
 fn mkdir(dir: &Path) -> std::io::Result<()> {
