@@ -552,22 +552,38 @@ fn only_the_sftp_subsystem_exists() {
     out.assert_ok();
 }
 
-/// `configs="pattern-list"` on a service key: its agent sees only those configurations, and
-/// only the blobs they name; everything else does not exist for it (A7: every agent key read
-/// every configuration and blob). Reports are limited the same way.
+/// Writes `file` with `whole`'s key and a new key `name` limited to the configurations that
+/// match `patterns`; returns the new key.
+fn limited_key(
+    keys: &Keys,
+    file: &std::path::Path,
+    whole: &std::path::Path,
+    patterns: &str,
+    name: &str,
+) -> std::path::PathBuf {
+    let limited = keys.extra(name);
+    let lines = format!(
+        "{}configs=\"{patterns}\" {}",
+        keys.public(whole),
+        keys.public(&limited)
+    );
+    fs::write(file, lines).unwrap();
+    limited
+}
+
 /// An operator key with `configs="web*"` (A7: every operator could delete everything): its
 /// console shows and changes only the web configurations; it uploads and adds versions, but
 /// deletes none and runs neither audit nor fsck. Refusals are audited.
 #[test]
 fn an_operator_key_limited_to_some_configurations_changes_only_those() {
     let keys = Keys::new();
-    let team = keys.extra("web-team");
-    let lines = format!(
-        "{}configs=\"web*\" {}",
-        keys.public(&keys.operator),
-        keys.public(&team)
+    let team = limited_key(
+        &keys,
+        &keys.operator_keys,
+        &keys.operator,
+        "web*",
+        "web-team",
     );
-    fs::write(&keys.operator_keys, lines).unwrap();
     let reg = Registry::start_in(None, keys, &[]);
     add_version(&reg, "code", "v1", &tar_gz(&[("a", b"1")]));
     reg.ssh("addconf -name db -layer code:v1").assert_ok();
@@ -622,16 +638,19 @@ fn an_operator_key_limited_to_some_configurations_changes_only_those() {
     );
 }
 
+/// `configs="pattern-list"` on a service key: its agent sees only those configurations, and
+/// only the blobs they name; everything else does not exist for it (A7: every agent key read
+/// every configuration and blob). Reports are limited the same way.
 #[test]
 fn a_service_key_limited_to_some_configurations_sees_only_those() {
     let keys = Keys::new();
-    let web_only = keys.extra("web-only");
-    let lines = format!(
-        "{}configs=\"web*,!web-secret\" {}",
-        keys.public(&keys.service),
-        keys.public(&web_only)
+    let web_only = limited_key(
+        &keys,
+        &keys.service_keys,
+        &keys.service,
+        "web*,!web-secret",
+        "web-only",
     );
-    fs::write(&keys.service_keys, lines).unwrap();
     let reg = Registry::start_in(None, keys, &[]);
     let web_blob = add_version(&reg, "code", "v01", &tar_gz(&[("a", b"web")]));
     let db_blob = add_version(&reg, "data", "v01", &tar_gz(&[("a", b"db")]));
