@@ -2,7 +2,8 @@
 //! `deployctl` (which validates locally, then sends [`Command::to_line`]).
 //!
 //! Texts are byte-identical to deploy-tools (spec 1.7, 1.8); `history`, `rollback`, `audit`,
-//! `fsck`, `status` and `forget` are ours, and `addver -hash` may name content that is already stored.
+//! `fsck`, `status` and `forget` are ours, and `addver -hash` may name content that is already
+//! stored.
 
 use crate::config::Configuration;
 use crate::goflag::{Flag, FlagError, FlagSet, Kind, Parsed};
