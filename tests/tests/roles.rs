@@ -589,7 +589,8 @@ fn an_operator_key_limited_to_some_configurations_changes_only_those() {
     reg.ssh("addconf -name db -layer code:v1").assert_ok();
     let db = reg.ssh("showconf -name db").stdout_str();
 
-    // An upload and addver of its own, then its configurations.
+    // An upload and addver of its own (not to `code`: db uses it), then its configurations,
+    // with shared `code` as a layer.
     let dir = tempfile::tempdir().unwrap();
     let layer = dir.path().join("layer.tar.gz");
     fs::write(&layer, tar_gz(&[("a", b"2")])).unwrap();
@@ -597,9 +598,13 @@ fn an_operator_key_limited_to_some_configurations_changes_only_those() {
         .assert_ok();
     let hash = e2e::sha256_hex(&fs::read(&layer).unwrap());
     let team_runs = |cmd: &str| reg.ssh_as("alice", &team, cmd);
-    team_runs(&format!("addver -name code -version v2 -hash {hash}")).assert_ok();
-    team_runs("addconf -name web -layer code:v1").assert_ok();
-    team_runs("changeconf -name web -component code -version v2").assert_ok();
+    team_runs(&format!("addver -name code -version v2 -hash {hash}"))
+        .assert_code(1)
+        .assert_stdout("addver: component \"code\" is used by configuration \"db\", which is not among this key's configs=\n");
+    team_runs(&format!("addver -name site -version v1 -hash {hash}")).assert_ok();
+    team_runs("addconf -name web -layer code:v1 -layer site:v1").assert_ok();
+    team_runs(&format!("addver -name site -version v2 -hash {hash}")).assert_ok();
+    team_runs("changeconf -name web -component site -version v2").assert_ok();
     team_runs("configurations").assert_stdout("web\n");
     reg.ssh("configurations").assert_stdout("db\nweb\n");
 
@@ -609,7 +614,7 @@ fn an_operator_key_limited_to_some_configurations_changes_only_those() {
             "configuration \"db\" is not among this key's configs=",
         ),
         (
-            "changeconf -name db -component code -version v2",
+            "changeconf -name db -component site -version v1",
             "configuration \"db\" is not among this key's configs=",
         ),
         (

@@ -44,14 +44,15 @@ pub enum Access {
     /// Only the commands that show ([`Command::shows_only`]): the keys of `-viewauth`.
     ReadOnly,
     /// An operator key with `configs=`: the configurations it names are the only ones it sees
-    /// and changes. It uploads and adds component versions (components are shared), but
-    /// deletes none, and runs neither `audit` (everybody's commands) nor `fsck` (every blob).
+    /// and changes. It uploads, and adds versions to components that no other configuration
+    /// uses (another's `bumpconf` would take them), but deletes none, and runs neither `audit`
+    /// (everybody's commands) nor `fsck` (every blob).
     Limited(Restrictions),
 }
 
 impl Access {
     /// Why `command` is refused, if it is (printed after `<command>: `).
-    fn refusal(&self, command: &Command) -> Option<String> {
+    fn refusal(&self, store: &Store, command: &Command) -> Option<String> {
         match self {
             Access::Full => None,
             Access::ReadOnly => {
@@ -63,6 +64,21 @@ impl Access {
                     gostr::quote(config)
                 )),
                 Some(_) => None,
+                None if let Command::AddVer(c) = command => {
+                    match store.configurations_using(&c.name) {
+                        Ok(users) => users.into_iter().find(|u| !self.may_see(u)).map(|u| {
+                            format!(
+                                "component {} is used by configuration {}, which is not among this key's configs=",
+                                gostr::quote(&c.name),
+                                gostr::quote(&u)
+                            )
+                        }),
+                        Err(e) => {
+                            tracing::error!("addver: checking the component's users: {e:#}");
+                            Some("cannot check which configurations use the component".into())
+                        }
+                    }
+                }
                 None => matches!(
                     command,
                     Command::DelVer(_) | Command::DelComp(_) | Command::Audit(_) | Command::Fsck
@@ -101,7 +117,7 @@ pub fn execute(
         Err(_) => return Outcome::fail(format!("{}\n", ParseError::Syntax)),
     };
     let (outcome, failure) = match Command::parse(&words) {
-        Ok(command) => match access.refusal(&command) {
+        Ok(command) => match access.refusal(store, &command) {
             Some(why) => (
                 Outcome::fail(format!("{}: {why}\n", command.name())),
                 Some(why),
@@ -420,6 +436,24 @@ mod tests {
             );
         }
         assert_eq!(full("showconf -name db").status, 0, "db is still there");
+
+        // Versions only of components that no other team's configuration uses.
+        let h = crate::store::tests::upload(&store, b"3");
+        assert_eq!(
+            run(&format!("addver -name code -version v3 -hash {h}")),
+            Outcome::fail(
+                "addver: component \"code\" is used by configuration \"db\", which is not among this key's configs=\n".into()
+            )
+        );
+        assert_eq!(
+            run(&format!("addver -name web-assets -version v1 -hash {h}")),
+            Outcome::ok(String::new())
+        );
+        assert_eq!(full("delconf -name db -force").status, 0);
+        assert_eq!(
+            run(&format!("addver -name code -version v3 -hash {h}")).status,
+            0
+        );
 
         // `status` and `forget -silent` without a name cover only its configurations.
         let h = "a".repeat(64);

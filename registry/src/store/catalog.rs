@@ -143,21 +143,22 @@ pub(super) fn append_history(
     Ok(())
 }
 
-/// The first current configuration (bytewise) with a layer matching the condition.
-fn config_using(
+/// The current configurations (bytewise) with a layer matching the condition.
+fn configs_using(
     tx: &rusqlite::Connection,
     component: &str,
     version: Option<&str>,
-) -> Result<Option<String>> {
-    tx.query_row(
-        "SELECT c.name FROM configurations c, json_each(CAST(c.json AS TEXT), '$.Layers') l
+) -> Result<Vec<String>> {
+    tx.prepare(
+        "SELECT DISTINCT c.name FROM configurations c, json_each(CAST(c.json AS TEXT), '$.Layers') l
          WHERE json_extract(l.value, '$.Name') = ?1
            AND (?2 IS NULL OR json_extract(l.value, '$.Version') = ?2)
-         ORDER BY c.name LIMIT 1",
-        params![component, version],
-        |r| r.get(0),
+         ORDER BY c.name",
     )
-    .optional()
+    .and_then(|mut stmt| {
+        stmt.query_map(params![component, version], |r| r.get(0))?
+            .collect()
+    })
     .ctx(|| format!("looking for configurations using {component:?}"))
 }
 
@@ -417,6 +418,11 @@ impl Store {
     }
 
     /// Component names, sorted bytewise.
+    /// The configurations whose current layers include `component`.
+    pub fn configurations_using(&self, component: &str) -> Result<Vec<String>> {
+        configs_using(&self.conn(), component, None)
+    }
+
     pub fn components(&self) -> Result<Vec<String>> {
         self.names("SELECT name FROM components ORDER BY name COLLATE BINARY")
     }
@@ -438,7 +444,10 @@ impl Store {
         let mut conn = self.conn();
         let tx = begin(&mut conn)?;
         require_version(&tx, component, version)?;
-        if let Some(config) = config_using(&tx, component, Some(version))? {
+        if let Some(config) = configs_using(&tx, component, Some(version))?
+            .into_iter()
+            .next()
+        {
             return Err(StoreError::VersionInUse(config));
         }
         tx.execute(
@@ -464,7 +473,7 @@ impl Store {
         if !known {
             return Err(StoreError::UnknownComponent(component.to_string()));
         }
-        if let Some(config) = config_using(&tx, component, None)? {
+        if let Some(config) = configs_using(&tx, component, None)?.into_iter().next() {
             return Err(StoreError::ComponentInUse(config));
         }
         tx.execute("DELETE FROM versions WHERE component = ?1", [component])

@@ -43,7 +43,7 @@ fn sha(data: &[u8]) -> String {
 }
 
 /// Uploads `data` in 3-byte sequential chunks; returns its hash.
-fn upload(store: &Store, data: &[u8]) -> String {
+pub(crate) fn upload(store: &Store, data: &[u8]) -> String {
     let mut up = store.begin_upload().expect("begin");
     let mut off = 0u64;
     for chunk in data.chunks(3) {
