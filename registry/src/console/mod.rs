@@ -58,33 +58,37 @@ impl Access {
             Access::ReadOnly => {
                 (!command.shows_only()).then(|| "not allowed with a read-only key".to_string())
             }
-            Access::Limited(_) => match command.configuration() {
-                Some(config) if !self.may_see(config) => Some(format!(
+            Access::Limited(_) => match (command.configuration(), command) {
+                (Some(config), _) if !self.may_see(config) => Some(format!(
                     "configuration {} is not among this key's configs=",
                     gostr::quote(config)
                 )),
-                Some(_) => None,
-                None if let Command::AddVer(c) = command => {
-                    match store.configurations_using(&c.name) {
-                        Ok(users) => users.into_iter().find(|u| !self.may_see(u)).map(|u| {
-                            format!(
-                                "component {} is used by configuration {}, which is not among this key's configs=",
-                                gostr::quote(&c.name),
-                                gostr::quote(&u)
-                            )
-                        }),
-                        Err(e) => {
-                            tracing::error!("addver: checking the component's users: {e:#}");
-                            Some("cannot check which configurations use the component".into())
-                        }
-                    }
-                }
-                None => matches!(
-                    command,
-                    Command::DelVer(_) | Command::DelComp(_) | Command::Audit(_) | Command::Fsck
-                )
-                .then(|| "not allowed with a key limited by configs=".to_string()),
+                (Some(_), _) => None,
+                (None, Command::AddVer(c)) => self.shared_component(store, &c.name),
+                (
+                    None,
+                    Command::DelVer(_) | Command::DelComp(_) | Command::Audit(_) | Command::Fsck,
+                ) => Some("not allowed with a key limited by configs=".to_string()),
+                (None, _) => None,
             },
+        }
+    }
+
+    /// Why a limited key may not add versions to `component`: a configuration it may not
+    /// see uses it.
+    fn shared_component(&self, store: &Store, component: &str) -> Option<String> {
+        match store.configurations_using(component) {
+            Ok(users) => users.into_iter().find(|u| !self.may_see(u)).map(|u| {
+                format!(
+                    "component {} is used by configuration {}, which is not among this key's configs=",
+                    gostr::quote(component),
+                    gostr::quote(&u)
+                )
+            }),
+            Err(e) => {
+                tracing::error!("addver: checking the component's users: {e:#}");
+                Some("cannot check which configurations use the component".into())
+            }
         }
     }
 
