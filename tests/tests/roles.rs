@@ -572,8 +572,9 @@ fn limited_key(
 }
 
 /// An operator key with `configs="web*"` (A7: every operator could delete everything): its
-/// console shows and changes only the web configurations; it uploads and adds versions, but
-/// deletes none and runs neither audit nor fsck. Refusals are audited.
+/// console shows and changes only the web configurations; it uploads and adds versions to
+/// components no other configuration uses, but deletes none and runs neither audit nor fsck.
+/// Refusals are audited.
 #[test]
 fn an_operator_key_limited_to_some_configurations_changes_only_those() {
     let keys = Keys::new();
