@@ -55,6 +55,10 @@ mod msg {
     pub const FORGET_WHICH: &str = "either -host or -silent should be set";
 }
 
+/// `addver`'s answer when the hash names neither a pending upload nor stored content: the
+/// cue for deployctl, which asks first, to upload.
+pub const NO_UPLOAD: &str = "no uploaded file with given hash found";
+
 /// The default of `audit -n`.
 pub const AUDIT_DEFAULT_LIMIT: usize = 50;
 

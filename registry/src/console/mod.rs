@@ -52,7 +52,7 @@ pub enum Access {
 
 impl Access {
     /// Why `command` is refused, if it is (printed after `<command>: `).
-    fn refusal(&self, store: &Store, command: &Command) -> Option<String> {
+    fn refusal(&self, command: &Command) -> Option<String> {
         match self {
             Access::Full => None,
             Access::ReadOnly => {
@@ -64,31 +64,12 @@ impl Access {
                     gostr::quote(config)
                 )),
                 (Some(_), _) => None,
-                (None, Command::AddVer(c)) => self.shared_component(store, &c.name),
                 (
                     None,
                     Command::DelVer(_) | Command::DelComp(_) | Command::Audit(_) | Command::Fsck,
                 ) => Some("not allowed with a key limited by configs=".to_string()),
                 (None, _) => None,
             },
-        }
-    }
-
-    /// Why a limited key may not add versions to `component`: a configuration it may not
-    /// see uses it.
-    fn shared_component(&self, store: &Store, component: &str) -> Option<String> {
-        match store.configurations_using(component) {
-            Ok(users) => users.into_iter().find(|u| !self.may_see(u)).map(|u| {
-                format!(
-                    "component {} is used by configuration {}, which is not among this key's configs=",
-                    gostr::quote(component),
-                    gostr::quote(&u)
-                )
-            }),
-            Err(e) => {
-                tracing::error!("addver: checking the component's users: {e:#}");
-                Some("cannot check which configurations use the component".into())
-            }
         }
     }
 
@@ -121,7 +102,7 @@ pub fn execute(
         Err(_) => return Outcome::fail(format!("{}\n", ParseError::Syntax)),
     };
     let (outcome, failure) = match Command::parse(&words) {
-        Ok(command) => match access.refusal(store, &command) {
+        Ok(command) => match access.refusal(&command) {
             Some(why) => (
                 Outcome::fail(format!("{}: {why}\n", command.name())),
                 Some(why),
@@ -176,6 +157,7 @@ fn run(
     stop: &CancellationToken,
     command: Command,
 ) -> (Outcome, Option<String>) {
+    let name = command.name();
     match apply(store, actor, access, stop, command) {
         Ok(Applied {
             output,
@@ -190,7 +172,12 @@ fn run(
                 tracing::error!("command failed: {cause:#}");
             }
             let text = err.to_string();
-            (Outcome::fail(format!("{text}\n")), Some(text))
+            // A refusal reads as the refusals checked before running (`Access::refusal`).
+            let shown = match err {
+                StoreError::SharedComponent { .. } => format!("{name}: {text}\n"),
+                _ => format!("{text}\n"),
+            };
+            (Outcome::fail(shown), Some(text))
         }
     }
 }
@@ -223,7 +210,9 @@ fn apply(
     let output = match command {
         Command::Help => format!("{HELP_LISTING}\n"),
         Command::AddVer(c) => {
-            store.add_version(&c.name, &c.version, &c.hash, actor)?;
+            store.add_version_seen_by(&c.name, &c.version, &c.hash, actor, |config| {
+                access.may_see(config)
+            })?;
             String::new()
         }
         Command::AddConf(c) => {

@@ -184,11 +184,8 @@ fn replace_layer(
 }
 
 impl Store {
-    /// `addver`. The hash may name a pending upload or content already stored in `files/`.
-    ///
-    /// Order: the version check first (so `already exists` leaves the upload pending, spec
-    /// B1), then the blob is made durable in `files/`, then one transaction references it.
-    /// All under the connection lock, so GC cannot interleave (spec B3).
+    /// `addver` by a key that sees every configuration.
+    #[cfg(test)]
     pub fn add_version(
         &self,
         component: &str,
@@ -196,11 +193,41 @@ impl Store {
         hash: &str,
         actor: &Actor,
     ) -> Result<()> {
+        self.add_version_seen_by(component, version, hash, actor, |_| true)
+    }
+
+    /// `addver`. The hash may name a pending upload or content already stored in `files/`.
+    ///
+    /// A key that sees only the configurations `may_see` accepts is refused when another
+    /// configuration uses `component` (its `bumpconf` would deploy the new version). That is
+    /// checked in the transaction that adds the version, so a configuration added meanwhile
+    /// cannot slip between the check and the change.
+    ///
+    /// Order: the version check first (so `already exists` leaves the upload pending, spec
+    /// B1), then the blob is made durable in `files/`, then one transaction references it.
+    /// All under the connection lock, so GC cannot interleave (spec B3).
+    pub fn add_version_seen_by(
+        &self,
+        component: &str,
+        version: &str,
+        hash: &str,
+        actor: &Actor,
+        may_see: impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = begin(&mut conn)?;
+        if let Some(other) = configs_using(&tx, component, None)?
+            .into_iter()
+            .find(|c| !may_see(c))
+        {
+            return Err(StoreError::SharedComponent {
+                component: component.to_string(),
+                configuration: other,
+            });
+        }
         if !is_blob_name(hash) {
             return Err(StoreError::NoUpload);
         }
-        let mut conn = self.conn();
-        let tx = begin(&mut conn)?;
         let upload: Option<(String, i64)> = tx
             .query_row(
                 "SELECT path, size FROM uploads WHERE hash = ?1",
@@ -418,11 +445,6 @@ impl Store {
     }
 
     /// Component names, sorted bytewise.
-    /// The configurations whose current layers include `component`.
-    pub fn configurations_using(&self, component: &str) -> Result<Vec<String>> {
-        configs_using(&self.conn(), component, None)
-    }
-
     pub fn components(&self) -> Result<Vec<String>> {
         self.names("SELECT name FROM components ORDER BY name COLLATE BINARY")
     }

@@ -62,8 +62,9 @@ impl Store {
     /// Removes blobs no version references, and files in `files/` the DB does not know.
     /// Returns how many.
     ///
-    /// Runs under the connection lock, which `add_version` holds from its lookup through its
-    /// rename and commit: a blob is never deleted between another command's check and its use.
+    /// Runs under the connection lock, which `add_version_seen_by` holds from its lookup
+    /// through its rename and commit: a blob is never deleted between another command's check
+    /// and its use.
     /// A file is removed before its row's deletion commits, so a crash leaves a row without a
     /// file, which the next GC drops again (and `blob_path` does not serve meanwhile).
     pub fn gc_blobs(&self) -> Result<usize> {

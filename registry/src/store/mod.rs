@@ -103,7 +103,7 @@ impl Default for Options {
 /// A store error. `Display` is the exact console text.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("no uploaded file with given hash found")]
+    #[error("{}", common::console::NO_UPLOAD)]
     NoUpload,
     #[error("version {0:?} already exists")]
     VersionExists(String),
@@ -132,6 +132,15 @@ pub enum StoreError {
     /// rollback: no such history entry / nothing to roll back to.
     #[error("{0}")]
     History(String),
+    /// `addver` with a key limited by `configs=`, to a component that a configuration it
+    /// may not see uses.
+    #[error(
+        "component {component:?} is used by configuration {configuration:?}, which is not among this key's configs="
+    )]
+    SharedComponent {
+        component: String,
+        configuration: String,
+    },
     /// `forget -host` of a host with no report kept for that configuration.
     #[error("no report of host {host:?} for configuration {config:?} found")]
     NoReport { config: String, host: String },

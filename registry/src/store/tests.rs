@@ -385,6 +385,52 @@ fn add_version_of_already_stored_content_needs_no_upload() {
 }
 
 #[test]
+fn a_limited_key_adds_versions_only_to_components_no_other_configuration_uses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path());
+    let a = actor("op");
+    with_versions(&store, "code", &[("v1", b"code one")]);
+    store
+        .add_conf("web", &layers(&[("code", "v1")]), &a)
+        .unwrap();
+    let web_only = |config: &str| config == "web";
+    let h2 = upload(&store, b"code two");
+    store
+        .add_version_seen_by("code", "v2", &h2, &a, web_only)
+        .unwrap();
+
+    store
+        .add_conf("db", &layers(&[("code", "v1")]), &a)
+        .unwrap();
+    let h3 = upload(&store, b"code three");
+    let err = store
+        .add_version_seen_by("code", "v3", &h3, &a, web_only)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "component \"code\" is used by configuration \"db\", which is not among this key's configs="
+    );
+    // Refused before anything else is looked at, and the upload stays for another try.
+    assert!(matches!(
+        store.add_version_seen_by("code", "v3", "nonsense", &a, web_only),
+        Err(StoreError::SharedComponent { .. })
+    ));
+    assert!(store.pending_upload(&h3).unwrap().exists());
+    let versions: Vec<String> = store
+        .show_comp("code")
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert!(!versions.contains(&"v3".to_string()), "{versions:?}");
+    // A component of its own, and anything for a key that sees every configuration.
+    store
+        .add_version_seen_by("tools", "v1", &h3, &a, web_only)
+        .unwrap();
+    store.add_version("code", "v3", &h2, &a).unwrap();
+}
+
+#[test]
 fn an_upload_whose_file_vanished_is_forgotten() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path());
