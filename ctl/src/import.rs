@@ -14,7 +14,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use common::console::{AddConf, AddVer, Command};
+use common::console::{AddConf, Command};
 use common::digest::Digest;
 use sources::img::manifest::{self, Descriptor, Manifest, Platform};
 use tokio::io::AsyncWriteExt;
@@ -128,53 +128,26 @@ pub async fn import(
     let line = Command::AddConf(AddConf { name, layers }).to_line();
     let out = conn.exec(&line).await?;
     if out.status != 0 {
-        echo(&out);
+        crate::echo(&out);
         bail!("failed to update configuration");
     }
     Ok(0)
 }
 
-/// Registers one layer: first as content the registry may already store, else uploads it.
+/// Registers one layer, once: a version that exists already is left as it is.
 async fn add_layer(
     conn: &client::Connection,
     layer: &LocalLayer,
     component: &str,
     version: &str,
 ) -> anyhow::Result<()> {
-    let line = Command::AddVer(AddVer {
-        name: component.to_string(),
-        version: version.to_string(),
-        hash: layer.checked.digest.to_hex(),
-    })
-    .to_line();
-    let out = conn.exec(&line).await?;
-    let text = |o: &client::ExecOutput| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    };
-    if out.status == 0 || text(&out).contains("already exists") {
+    let out =
+        crate::upload::add_version(conn, &layer.path, &layer.checked, component, version).await?;
+    if out.status == 0 || String::from_utf8_lossy(&out.stdout).contains("already exists") {
         return Ok(());
     }
-    if !text(&out).contains("no uploaded file with given hash found") {
-        echo(&out);
-        bail!("failed to add version");
-    }
-    crate::upload::upload(conn, &layer.path, &layer.checked).await?;
-    let out = conn.exec(&line).await?;
-    if out.status == 0 || text(&out).contains("already exists") {
-        return Ok(());
-    }
-    echo(&out);
+    crate::echo(&out);
     bail!("failed to add version")
-}
-
-fn echo(out: &client::ExecOutput) {
-    use std::io::Write;
-    let _ = std::io::stdout().write_all(&out.stdout);
-    let _ = std::io::stderr().write_all(&out.stderr);
 }
 
 fn parse_platform(s: &str) -> anyhow::Result<Platform> {

@@ -14,6 +14,8 @@
 //! - `addver -file` checks the archive (gzip, zstd or plain tar, every entry read to the end)
 //!   before connecting, so a broken archive is never uploaded (B21). An empty file is refused
 //!   (the original let it pass because its validator saw io.EOF).
+//! - `addver -file` asks the registry for the file's hash first: content it already stores is
+//!   not uploaded again, and an existing version or a refusal is known before the upload.
 //! - `addver -hash H` (without `-file`) registers content the registry already stores.
 //! - `history`, `rollback`, `audit`, `fsck`, `status`, `forget` are passed to the registry like
 //!   the others.
@@ -84,14 +86,9 @@ fn run(plan: Plan) -> anyhow::Result<i32> {
                 let checked =
                     checked.ok_or_else(|| anyhow::anyhow!("internal: file not checked"))?;
                 let conn = connect(&global).await?;
-                upload::upload(&conn, &file, &checked).await?;
-                let line = common::console::Command::AddVer(common::console::AddVer {
-                    name,
-                    version,
-                    hash: checked.digest.to_hex(),
-                })
-                .to_line();
-                remote(&conn, &line).await
+                let out = upload::add_version(&conn, &file, &checked, &name, &version).await?;
+                echo(&out);
+                Ok(if out.status == 0 { 0 } else { 1 })
             }
             Plan::Import { global, args } => import::import(connect(&global), &args).await,
             Plan::Exit { code, .. } => Ok(code),
@@ -106,6 +103,12 @@ async fn remote(conn: &client::Connection, line: &str) -> anyhow::Result<i32> {
     let mut stderr = tokio::io::stderr();
     let status = conn.exec_to(line, &mut stdout, &mut stderr).await?;
     Ok(if status == 0 { 0 } else { 1 })
+}
+
+/// Writes a remote command's output through, as it came.
+fn echo(out: &client::ExecOutput) {
+    let _ = std::io::stdout().write_all(&out.stdout);
+    let _ = std::io::stderr().write_all(&out.stderr);
 }
 
 async fn connect(global: &Global) -> anyhow::Result<client::Connection> {

@@ -1,8 +1,10 @@
-//! `addver -file`: the local check, then the SFTP upload with progress.
+//! `addver -file`: the local check, then the SFTP upload with progress, and the `addver`.
 
 use std::path::Path;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::console::{AddVer, Command, NO_UPLOAD};
 
 use crate::archive::{self, Checked};
 use crate::progress;
@@ -15,13 +17,34 @@ pub fn check_file(path: &Path) -> anyhow::Result<Checked> {
     archive::check(f).map_err(|e| anyhow::anyhow!("file validation failed: {e}"))
 }
 
-/// Uploads the checked file. The registry hashes and registers the upload before it answers
-/// CLOSE, so after `shutdown` the content is addressable by its hash.
-pub async fn upload(
+/// Registers the checked file as `component` `version`: first by its hash, and only when the
+/// registry stores no such content, uploads it and asks again. So content already stored is
+/// not sent again, and a refusal (an existing version, a key limited by `configs=`) comes
+/// before the upload, not after it. Returns the last `addver`'s answer.
+pub async fn add_version(
     conn: &client::Connection,
     path: &Path,
     checked: &Checked,
-) -> anyhow::Result<()> {
+    component: &str,
+    version: &str,
+) -> anyhow::Result<client::ExecOutput> {
+    let line = Command::AddVer(AddVer {
+        name: component.to_string(),
+        version: version.to_string(),
+        hash: checked.digest.to_hex(),
+    })
+    .to_line();
+    let out = conn.exec(&line).await?;
+    if out.status == 0 || !String::from_utf8_lossy(&out.stdout).contains(NO_UPLOAD) {
+        return Ok(out);
+    }
+    upload(conn, path, checked).await?;
+    conn.exec(&line).await
+}
+
+/// Uploads the checked file. The registry hashes and registers the upload before it answers
+/// CLOSE, so after `shutdown` the content is addressable by its hash.
+async fn upload(conn: &client::Connection, path: &Path, checked: &Checked) -> anyhow::Result<()> {
     let failure = |e: &dyn std::fmt::Display| anyhow::anyhow!("upload failure: {e}");
     let sftp = conn.sftp().await?;
     // The name is ignored by the registry (every write-open is a fresh upload).

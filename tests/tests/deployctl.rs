@@ -297,6 +297,8 @@ fn remote_errors_pass_through_and_exit_1() {
     // the registry's text, on stdout as the original console writes it; nothing of ours
     eqnice!("version \"v03\" already exists\n", out.stdout_str());
     eqnice!("", out.stderr_str());
+    // known before the upload (the original uploaded, then was refused): nothing was sent
+    assert_eq!(uploads(&reg), Vec::<String>::new());
 
     let out = ctl(&reg, &["showconf", "-name", "nope"]);
     out.assert_code(1);
@@ -660,19 +662,22 @@ fn progress_is_shown_on_a_terminal() {
     let data = tar_gz(&[("big", &vec![3u8; 3 << 20])]);
     let f = write_file(reg.work_dir(), "big.tar.gz", &data);
     // `script` gives deployctl a pty as stdout
-    let line = format!(
-        "{} -addr {} -fp {} -key {} addver -name big -version v1 -file {}",
-        bin("deployctl").display(),
-        reg.addr(),
-        reg.fingerprint(),
-        reg.keys.operator.display(),
-        f.display()
-    );
-    let mut c = Command::new("script");
-    c.env("USER", "op")
-        .env_remove("SSH_AUTH_SOCK")
-        .args(["-qec", &line, "/dev/null"]);
-    let out = run(&mut c, None);
+    let on_a_terminal = |version: &str| {
+        let line = format!(
+            "{} -addr {} -fp {} -key {} addver -name big -version {version} -file {}",
+            bin("deployctl").display(),
+            reg.addr(),
+            reg.fingerprint(),
+            reg.keys.operator.display(),
+            f.display()
+        );
+        let mut c = Command::new("script");
+        c.env("USER", "op")
+            .env_remove("SSH_AUTH_SOCK")
+            .args(["-qec", &line, "/dev/null"]);
+        run(&mut c, None)
+    };
+    let out = on_a_terminal("v1");
     out.assert_code(0);
     let shown = out.stdout_str();
     assert!(shown.starts_with('\r'), "{shown:?}");
@@ -684,6 +689,19 @@ fn progress_is_shown_on_a_terminal() {
             .join("files")
             .join(sha256_hex(&data))
             .is_file()
+    );
+
+    // The same content as another version: registered by its hash, nothing to upload, so
+    // no progress either.
+    let out = on_a_terminal("v2");
+    out.assert_code(0);
+    eqnice!("", out.stdout_str());
+    let versions = reg.ssh("showcomp -name big").assert_ok().stdout_str();
+    assert!(
+        versions
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("v2")),
+        "{versions}"
     );
 }
 
