@@ -7,7 +7,9 @@
 //!
 //! Idempotent: a layer the registry already has is registered without an upload (`addver
 //! -hash`), a version that exists is left alone, and `addconf` replaces the configuration
-//! with the same layers.
+//! with the same layers. From an image registry, layers are downloaded one at a time, and
+//! only those the deploy registry lacks (the manifest names each by its sha256): importing a
+//! new tag of an image fetches its new layers, not its base again.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -16,10 +18,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use common::console::{AddConf, Command};
 use common::digest::Digest;
+use sources::img::ImgSource;
 use sources::img::manifest::{self, Descriptor, Manifest, Platform};
 use tokio::io::AsyncWriteExt;
 
 use crate::archive::{self, Checked};
+use crate::upload;
 
 /// Manifests, index.json and manifest.json are read into memory up to this size.
 const MAX_JSON: u64 = 4 << 20;
@@ -45,17 +49,40 @@ struct LocalLayer {
     checked: Checked,
 }
 
-/// The image in local files.
+/// Where a layer's bytes are.
+enum Layer {
+    /// Read and checked (an OCI layout, a `docker save` tarball).
+    Local(LocalLayer),
+    /// In the image registry, known by its digest: downloaded (and checked) only when the
+    /// deploy registry does not store it yet.
+    Remote {
+        layer: sources::Layer,
+        digest: Digest,
+    },
+}
+
+impl Layer {
+    fn digest(&self) -> &Digest {
+        match self {
+            Layer::Local(l) => &l.checked.digest,
+            Layer::Remote { digest, .. } => digest,
+        }
+    }
+}
+
+/// The image: its layers in local files or in the image registry.
 struct Image {
     /// `repo:tag` as the source names it, for the default configuration name.
     name: String,
-    layers: Vec<LocalLayer>,
-    /// Holds downloaded/extracted layer files until the upload is done.
-    _scratch: Option<tempfile::TempDir>,
+    layers: Vec<Layer>,
+    /// Where the `Remote` layers come from.
+    source: Option<ImgSource>,
+    /// Holds extracted and downloaded layer files until their upload is done.
+    scratch: tempfile::TempDir,
 }
 
-/// Imports the image; `connect` is awaited only once the image is read and checked, so a bad
-/// source never costs a connection.
+/// Imports the image; `connect` is awaited only once the image is found (and its local layers
+/// checked), so a bad source never costs a connection.
 pub async fn import(
     connect: impl std::future::Future<Output = anyhow::Result<client::Connection>>,
     args: &ImportArgs,
@@ -91,7 +118,7 @@ pub async fn import(
         .layers
         .iter()
         .map(|l| {
-            let hex = l.checked.digest.to_hex();
+            let hex = l.digest().to_hex();
             (format!("sha256-{}", &hex[..16]), hex)
         })
         .collect();
@@ -108,15 +135,12 @@ pub async fn import(
     let conn = connect.await?;
     let n = image.layers.len();
     for (i, (layer, (component, version))) in image.layers.iter().zip(&layers).enumerate() {
-        eprintln!(
-            "uploading {}/{n}: {}",
-            i + 1,
-            common::gostr::quote(component)
-        );
-        if !keep[i] {
-            continue;
+        let label = format!("layer {}/{n} {}", i + 1, common::gostr::quote(component));
+        if keep[i] {
+            add_layer(&conn, &image, layer, &label, component, version).await?;
+        } else {
+            eprintln!("{label}: repeats an earlier layer");
         }
-        add_layer(&conn, layer, component, version).await?;
     }
     let mut i = 0;
     layers.retain(|_| {
@@ -134,20 +158,76 @@ pub async fn import(
     Ok(0)
 }
 
-/// Registers one layer, once: a version that exists already is left as it is.
+/// Registers one layer, once: a version that exists already is left as it is. Content the
+/// registry stores is neither downloaded nor uploaded again.
 async fn add_layer(
     conn: &client::Connection,
-    layer: &LocalLayer,
+    image: &Image,
+    layer: &Layer,
+    label: &str,
     component: &str,
     version: &str,
 ) -> anyhow::Result<()> {
-    let out =
-        crate::upload::add_version(conn, &layer.path, &layer.checked, component, version).await?;
-    if out.status == 0 || String::from_utf8_lossy(&out.stdout).contains("already exists") {
+    let line = upload::addver_line(component, version, layer.digest());
+    let out = match upload::add_stored(conn, &line).await? {
+        Some(out) => {
+            if added(&out) {
+                eprintln!("{label}: in the registry already");
+            }
+            out
+        }
+        None => {
+            let downloaded;
+            let local = match layer {
+                Layer::Local(local) => local,
+                Layer::Remote { layer, digest } => {
+                    eprintln!("{label}: downloading");
+                    let source = image
+                        .source
+                        .as_ref()
+                        .context("internal: a remote layer without its source")?;
+                    downloaded = download(source, layer, digest, image.scratch.path()).await?;
+                    &downloaded
+                }
+            };
+            eprintln!("{label}: uploading");
+            upload::upload(conn, &local.path, &local.checked).await?;
+            if matches!(layer, Layer::Remote { .. }) {
+                let _ = std::fs::remove_file(&local.path);
+            }
+            conn.exec(&line).await?
+        }
+    };
+    if added(&out) {
         return Ok(());
     }
     crate::echo(&out);
     bail!("failed to add version")
+}
+
+/// The layer's version is in the registry now, added or there before.
+fn added(out: &client::ExecOutput) -> bool {
+    out.status == 0 || String::from_utf8_lossy(&out.stdout).contains("already exists")
+}
+
+/// Downloads a layer into `dir` and checks it: an archive the agent can unpack, with the
+/// manifest's digest.
+async fn download(
+    source: &ImgSource,
+    layer: &sources::Layer,
+    digest: &Digest,
+    dir: &Path,
+) -> anyhow::Result<LocalLayer> {
+    let path = dir.join(digest.to_hex());
+    let mut file = tokio::fs::File::create(&path).await?;
+    let mut stream = source.fetch(layer, 0).await?;
+    tokio::io::copy(&mut stream, &mut file)
+        .await
+        .with_context(|| format!("downloading {}", layer.name))?;
+    file.flush().await?;
+    drop(file);
+    let want = *digest;
+    tokio::task::spawn_blocking(move || check_layer(&path, Some(&want))).await?
 }
 
 fn parse_platform(s: &str) -> anyhow::Result<Platform> {
@@ -206,28 +286,21 @@ async fn from_registry(url: &str, tag: &str, platform: Platform) -> anyhow::Resu
     } else {
         src.resolve(tag).await?
     };
-    let scratch = tempfile::tempdir()?;
-    let mut layers = Vec::new();
-    for (i, layer) in release.layers.iter().enumerate() {
-        let path = scratch.path().join(format!("layer-{i}"));
-        let mut file = tokio::fs::File::create(&path).await?;
-        let mut stream = src.fetch(layer, 0).await?;
-        tokio::io::copy(&mut stream, &mut file)
-            .await
-            .with_context(|| format!("downloading {}", layer.name))?;
-        file.flush().await?;
-        drop(file);
-        let checked = {
-            let path = path.clone();
-            let want = layer.digest;
-            tokio::task::spawn_blocking(move || check_layer(&path, want.as_ref())).await??
-        };
-        layers.push(checked);
-    }
+    let layers = release
+        .layers
+        .into_iter()
+        .map(|layer| {
+            let digest = layer
+                .digest
+                .with_context(|| format!("layer {} has no digest", layer.name))?;
+            Ok(Layer::Remote { layer, digest })
+        })
+        .collect::<anyhow::Result<_>>()?;
     Ok(Image {
         name: format!("{repo}:{}", release.tag),
         layers,
-        _scratch: Some(scratch),
+        source: Some(src),
+        scratch: tempfile::tempdir()?,
     })
 }
 
@@ -303,7 +376,7 @@ fn from_layout(root: &Path, tag: &str, platform: &Platform) -> anyhow::Result<Im
     let mut layers = Vec::new();
     for d in &descriptors {
         let (path, digest) = blob_path(root, &d.digest)?;
-        layers.push(check_layer(&path, Some(&digest))?);
+        layers.push(Layer::Local(check_layer(&path, Some(&digest))?));
     }
     let base = root
         .canonicalize()
@@ -318,7 +391,8 @@ fn from_layout(root: &Path, tag: &str, platform: &Platform) -> anyhow::Result<Im
             format!("{base}:{reference}")
         },
         layers,
-        _scratch: None,
+        source: None,
+        scratch: tempfile::tempdir()?,
     })
 }
 
@@ -423,7 +497,7 @@ fn from_archive(file: &Path, tag: &str) -> anyhow::Result<Image> {
             .map(Digest::parse_hex)
             .transpose()
             .map_err(|e| anyhow::anyhow!("layer {name:?}: {e}"))?;
-        layers.push(check_layer(path, want.as_ref())?);
+        layers.push(Layer::Local(check_layer(path, want.as_ref())?));
     }
     // Docker's familiar form: skopeo writes `docker.io/demo/app:v1` where docker writes
     // `demo/app:v1`; both name the configuration `demo.app.v1`.
@@ -439,7 +513,8 @@ fn from_archive(file: &Path, tag: &str) -> anyhow::Result<Image> {
     Ok(Image {
         name: image_name,
         layers,
-        _scratch: Some(scratch),
+        source: None,
+        scratch,
     })
 }
 

@@ -5,6 +5,7 @@ use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::console::{AddVer, Command, NO_UPLOAD};
+use common::digest::Digest;
 
 use crate::archive::{self, Checked};
 use crate::progress;
@@ -28,23 +29,42 @@ pub async fn add_version(
     component: &str,
     version: &str,
 ) -> anyhow::Result<client::ExecOutput> {
-    let line = Command::AddVer(AddVer {
-        name: component.to_string(),
-        version: version.to_string(),
-        hash: checked.digest.to_hex(),
-    })
-    .to_line();
-    let out = conn.exec(&line).await?;
-    if out.status == 0 || !String::from_utf8_lossy(&out.stdout).contains(NO_UPLOAD) {
+    let line = addver_line(component, version, &checked.digest);
+    if let Some(out) = add_stored(conn, &line).await? {
         return Ok(out);
     }
     upload(conn, path, checked).await?;
     conn.exec(&line).await
 }
 
+/// `addver -name component -version version -hash digest`.
+pub fn addver_line(component: &str, version: &str, digest: &Digest) -> String {
+    Command::AddVer(AddVer {
+        name: component.to_string(),
+        version: version.to_string(),
+        hash: digest.to_hex(),
+    })
+    .to_line()
+}
+
+/// Runs an `addver` line; `None` when the registry has no content of that hash (upload it,
+/// then run the line again).
+pub async fn add_stored(
+    conn: &client::Connection,
+    line: &str,
+) -> anyhow::Result<Option<client::ExecOutput>> {
+    let out = conn.exec(line).await?;
+    let missing = out.status != 0 && String::from_utf8_lossy(&out.stdout).contains(NO_UPLOAD);
+    Ok((!missing).then_some(out))
+}
+
 /// Uploads the checked file. The registry hashes and registers the upload before it answers
 /// CLOSE, so after `shutdown` the content is addressable by its hash.
-async fn upload(conn: &client::Connection, path: &Path, checked: &Checked) -> anyhow::Result<()> {
+pub async fn upload(
+    conn: &client::Connection,
+    path: &Path,
+    checked: &Checked,
+) -> anyhow::Result<()> {
     let failure = |e: &dyn std::fmt::Display| anyhow::anyhow!("upload failure: {e}");
     let sftp = conn.sftp().await?;
     // The name is ignored by the registry (every write-open is a fresh upload).

@@ -3,10 +3,10 @@
 //! tarball written by `skopeo`, imported into the built `deploy-registry`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use e2e::{Out, Registry, free_port, run_with_timeout, sha256_hex, tar_gz};
+use e2e::peers::OciRegistry;
+use e2e::{Out, Registry, run_with_timeout, sha256_hex, tar_gz};
 
 fn ctl(reg: &Registry, args: &[&str]) -> Out {
     reg.deployctl(args)
@@ -20,56 +20,6 @@ fn sh(cmd: &mut Command) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
-}
-
-/// `docker-registry` on a free loopback port, killed on drop.
-struct OciRegistry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl OciRegistry {
-    fn start() -> OciRegistry {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let cfg = dir.path().join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("docker-registry (scripts/install-deps)");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        OciRegistry {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for OciRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// An OCI layout holding one amd64 image tagged `v1`: busybox plus `/hello.txt`, two layers
@@ -179,7 +129,14 @@ fn import_from_registry_layout_and_docker_save() {
     let out = ctl(&reg, &["import", &src]);
     out.assert_ok();
     let err = out.stderr_str();
-    assert!(err.contains("uploading 1/2: \"sha256-"), "{err}");
+    let label = |i: usize| format!("layer {}/2 \"sha256-{}\"", i + 1, &want[i][..16]);
+    for i in 0..2 {
+        assert!(
+            err.contains(&format!("{}: downloading\n", label(i))),
+            "{err}"
+        );
+        assert!(err.contains(&format!("{}: uploading\n", label(i))), "{err}");
+    }
     assert!(
         err.contains("updating configuration \"demo.app.v1.1.0\""),
         "{err}"
@@ -196,10 +153,35 @@ fn import_from_registry_layout_and_docker_save() {
     }
     let files = stored_files(&reg);
 
-    // Again: nothing uploaded, same configuration.
-    ctl(&reg, &["import", &src]).assert_ok();
+    // Again: nothing uploaded, same configuration, and nothing downloaded either: the
+    // layers' bytes in the image registry are damaged now, and never read.
+    for h in &want {
+        std::fs::write(oci.blob_path(h), b"damaged").unwrap();
+    }
+    let out = ctl(&reg, &["import", &src]);
+    out.assert_ok();
+    let err = out.stderr_str();
+    for i in 0..2 {
+        assert!(
+            err.contains(&format!("{}: in the registry already\n", label(i))),
+            "{err}"
+        );
+    }
+    assert!(!err.contains("downloading"), "{err}");
     assert_eq!(layers_of(&reg, "demo.app.v1.1.0"), expected);
     assert_eq!(stored_files(&reg), files);
+    // Into a registry that lacks them, the damaged layers are downloaded, and refused before
+    // anything is uploaded or configured.
+    let empty = Registry::start();
+    let out = ctl(&empty, &["import", &src]);
+    out.assert_code(1);
+    assert!(
+        out.stderr_str()
+            .contains("not an archive the agent can unpack"),
+        "{out}"
+    );
+    assert_eq!(stored_files(&empty), 0);
+    assert!(empty.ssh("configurations").assert_ok().stdout.is_empty());
 
     // From the OCI layout, with a name and an extra layer on top.
     let extra = work.path().join("config.tar.gz");
