@@ -248,6 +248,14 @@ fn serves_the_first_release_and_updates_without_dropping_a_connection() {
         "1.1.0"
     );
 
+    // Dewy's audit record of each deploy names the mode.
+    for tag in ["v1.0.0", "v1.1.0"] {
+        server.wait_for(&format!("the audit record of {tag}"), || {
+            let listing = store.moto.list("rel", &format!("app/{tag}/shipped_to_"));
+            listing.contains("_server_at_") && !listing.contains("_assets_at_")
+        });
+    }
+
     let log = server.log();
     assert_eq!(count(&log, "Create symlink"), 2, "{log}");
     assert_eq!(count(&log, " ERROR "), 0, "{log}");

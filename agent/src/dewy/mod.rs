@@ -625,18 +625,23 @@ impl ReleaseAgent {
         });
     }
 
-    /// Dewy's audit record of the deploy (spec 4); a failure is logged, never the deploy's.
+    /// Dewy's audit record of the deploy (spec 4), naming the mode (`server` or `assets`; the
+    /// native flags deploy as assets do); a failure is logged, never the deploy's.
     async fn report(&self, tag: &str) {
+        let command = self
+            .lifecycle
+            .as_ref()
+            .map_or(Command::Assets, |lc| lc.ctx.command());
         let info = audit_info(
             &sources::hostname().unwrap_or_else(|| "localhost".into()),
-            Command::Assets,
+            command,
             common::timefmt::now(),
         );
         let res = match &self.source {
             Source::S3(s) => s.report(tag, &info).await.map(|_| ()),
             Source::Gs(s) => s.report(tag, &info).await.map(|_| ()),
             Source::Ghr(s) => s.report(tag, &info).await.map(|_| ()),
-            Source::Grpc(s) => s.report(tag, Command::Assets).await,
+            Source::Grpc(s) => s.report(tag, command).await,
             Source::Img(_) => Ok(()),
         };
         if let Err(e) = res {
