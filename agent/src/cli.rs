@@ -251,6 +251,7 @@ pub fn parse(args: &[String]) -> Parse {
                 max_ratio,
             },
             allow_special: p.bool("allow-special"),
+            links_inside: false,
         },
         registry: (!registry.is_empty()).then_some(registry),
         slot: p.string(&set, "slot"),

@@ -219,6 +219,38 @@ fn a_failing_before_hook_aborts_the_deploy_and_is_retried() {
 }
 
 #[test]
+fn a_release_with_a_link_leading_outside_is_refused_and_links_inside_are_kept() {
+    let moto = Moto::start();
+    moto.bucket("rel");
+    let name = format!("app_linux_{}.tar.gz", goarch());
+    let release = |version: &str| {
+        TarBuilder::new()
+            .file("VERSION", version.as_bytes())
+            .file("pkg/bin/tool", b"#!/bin/sh\n")
+            .symlink("node_modules/.bin/tool", "../../pkg/bin/tool")
+    };
+    moto.put("rel", &format!("app/v1.0.0/{name}"), &release("one").gz());
+    let registry = format!("s3://us-east-1/rel/app?endpoint={}", moto.url());
+    let mut dewy = Dewy::new();
+    dewy.start(&["assets", "--registry", &registry, "-i", "1", "-l", "info"]);
+    dewy.wait_for("v1.0.0 in current", |d| d.serves("VERSION", "one"));
+    assert!(dewy.serves("node_modules/.bin/tool", "#!/bin/sh\n"));
+    let first = dewy.current().unwrap();
+
+    // Dewy refuses every symlink in a release: the ones that lead out are refused here.
+    let hostile = release("two").symlink("public/shadow", "/etc/shadow").gz();
+    moto.put("rel", &format!("app/v1.1.0/{name}"), &hostile);
+    dewy.wait_for("the refusal", |d| {
+        d.log().contains(
+            "entry \"public/shadow\" rejected: symlink to \"/etc/shadow\" leads outside the release",
+        )
+    });
+    assert_eq!(dewy.current().unwrap(), first, "{}", dewy.log());
+    assert!(dewy.serves("VERSION", "one"));
+    assert!(dewy.terminate().success());
+}
+
+#[test]
 fn telemetry_serves_status_and_metrics() {
     let (_moto, registry) = store_with("v2.0.0", "metrics");
     let admin = free_port();

@@ -370,9 +370,11 @@ mod tests {
         let converting = tokio::task::spawn_blocking(move || conv.run(rt));
         let dir = tmp.join("r");
         let d = dir.clone();
+        // As Dewy's modes unpack artifacts.
         let policy = Policy {
             limits,
             allow_special: false,
+            links_inside: true,
         };
         let built = tokio::task::spawn_blocking(move || {
             unpack::build_tree_from(&d, "t", vec![input], &policy, &AtomicBool::new(false))

@@ -590,6 +590,9 @@ fn options_for(ctx: &Context) -> anyhow::Result<crate::cli::Options> {
     opts.poll = Duration::from_secs(ctx.args.interval.max(1));
     opts.max_backoff = super::max_backoff(&ctx.args);
     opts.slot = ctx.args.slot.clone();
+    // Dewy refuses every symlink in a release (spec 3.4); only the ones that lead out are
+    // the danger, and links inside (`node_modules/.bin`, `lib*.so`) are common.
+    opts.policy.links_inside = true;
     // The shared registry cache names its entry after this text: Dewy's, which has
     // `--calver` injected into the query.
     let mut registry = ctx.args.registry.clone();

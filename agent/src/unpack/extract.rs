@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 use tar::EntryType;
 
@@ -175,6 +175,11 @@ pub(crate) struct Tree {
     /// syscalls per component. Forgotten whenever anything is removed from the tree, so they
     /// are always what a walk would find.
     open_dirs: RefCell<Vec<(OsString, Rc<OwnedFd>)>>,
+    /// Layers begun so far.
+    layers: usize,
+    /// Symlinks made, with their layer's number and their targets, for
+    /// [`Tree::check_links_inside`].
+    links: Vec<(usize, Comps, Vec<u8>)>,
 }
 
 /// A failure inside a layer, with the entry it concerns (if any).
@@ -196,7 +201,42 @@ impl Tree {
             bytes: 0,
             copy_buf: Vec::new(),
             open_dirs: RefCell::new(Vec::new()),
+            layers: 0,
+            links: Vec::new(),
         }
+    }
+
+    /// Fails on the first symlink that resolves outside the tree, with the number of the
+    /// layer that made it. A dangling or looping link stays inside; so does one that a later
+    /// entry replaced or removed.
+    pub(crate) fn check_links_inside(&self) -> Result<(), (usize, LayerFailure)> {
+        for (layer, comps, target) in &self.links {
+            let path: PathBuf = comps.iter().collect();
+            let failure = |error| LayerFailure {
+                entry: Some(path.display().to_string()),
+                error,
+            };
+            match rustix::fs::openat2(
+                &*self.root,
+                &path,
+                OFlags::PATH | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+            ) {
+                Ok(_) | Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => {}
+                Err(Errno::XDEV) => {
+                    return Err((
+                        *layer,
+                        failure(EntryError::Rejected(format!(
+                            "symlink to {:?} leads outside the release",
+                            display_name(target)
+                        ))),
+                    ));
+                }
+                Err(e) => return Err((*layer, failure(e.into()))),
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn root_fd(&self) -> &OwnedFd {
@@ -209,6 +249,7 @@ impl Tree {
         mut stream: Budgeted,
         cancel: &AtomicBool,
     ) -> Result<(), LayerFailure> {
+        self.layers += 1;
         let mut this_layer = LayerPaths::default();
         let fail = |entry: Option<&[u8]>, error: EntryError| LayerFailure {
             entry: entry.map(display_name),
@@ -386,6 +427,9 @@ impl Tree {
                 let tmp = temp_name();
                 rustix::fs::symlinkat(OsStr::from_bytes(&target), &dir, &tmp)?;
                 self.replace_with(&dir, parent, &tmp, &name)?;
+                if self.policy.links_inside {
+                    self.links.push((self.layers, comps.clone(), target));
+                }
             }
             EntryType::Link => {
                 let raw_target =

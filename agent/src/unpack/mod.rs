@@ -52,6 +52,11 @@ pub struct Policy {
     /// When running as root: create device nodes and FIFOs, keep setuid/setgid/sticky bits and
     /// the archive's owners. Ignored otherwise.
     pub allow_special: bool,
+    /// Refuse the tree when a symlink in it resolves outside it (an absolute target, or `..`
+    /// past the root, also through other links): Dewy's releases, where the spec refuses
+    /// every symlink. Checked by the kernel once the tree is whole (`RESOLVE_BENEATH`), since
+    /// a later entry may change what an earlier link resolves to.
+    pub links_inside: bool,
 }
 
 /// One layer file to apply.
@@ -188,6 +193,7 @@ pub fn build_tree_from(
     let root = open_dir(&staging.path).map_err(io_err("cannot open", &staging.path))?;
     let mut tree = Tree::new(root, staging.path.clone(), *policy);
     let count = layers.len();
+    let mut hashes = Vec::with_capacity(count);
     for (i, layer) in layers.into_iter().enumerate() {
         if cancel.load(Ordering::Relaxed) {
             return Err(UnpackError::Cancelled);
@@ -210,6 +216,13 @@ pub fn build_tree_from(
         })?;
         tree.apply_layer(stream, cancel)
             .map_err(|f| layer_error(index, &hash, f))?;
+        hashes.push(hash);
+    }
+    if policy.links_inside {
+        tree.check_links_inside().map_err(|(index, f)| {
+            let hash = hashes.get(index.wrapping_sub(1)).map_or("", String::as_str);
+            layer_error(index, hash, f)
+        })?;
     }
     tree.apply_dir_metadata().map_err(|e| {
         layer_error(

@@ -446,6 +446,58 @@ fn absurd_entry_count_is_stopped() {
 }
 
 #[test]
+fn links_leading_outside_are_refused_when_asked() {
+    let inside = Policy {
+        links_inside: true,
+        ..Policy::default()
+    };
+    // Links that stay inside, whatever their shape: kept.
+    let mut f = Fixture::new();
+    f.layer(&[
+        file("pkg/bin/tool", "#!/bin/sh\n"),
+        symlink("node_modules/.bin/tool", "../../pkg/bin/tool"),
+        symlink("lib/libx.so", "libx.so.1"),
+        symlink("dangling", "not/there"),
+        symlink("loop", "loop"),
+        symlink("up/here", ".."),
+        // Absolute, then replaced by a later entry: what is left is a file.
+        symlink("gone", "/etc/passwd"),
+        file("gone", "a file now"),
+    ]);
+    assert_eq!(f.build_with(inside).unwrap(), Outcome::Built);
+    assert_eq!(
+        std::fs::read_to_string(f.tree().join("node_modules/.bin/tool")).unwrap(),
+        "#!/bin/sh\n"
+    );
+
+    // Out of the tree: directly, by `..`, or by a path through another link that `..`
+    // alone would not show.
+    for (entries, bad) in [
+        (vec![symlink("etc/shadow", "/etc/shadow")], "etc/shadow"),
+        (vec![symlink("a/b", "../../x")], "a/b"),
+        (vec![symlink("d/up", ".."), symlink("e", "d/up/..")], "e"),
+    ] {
+        let mut f = Fixture::new();
+        f.layer(&entries);
+        match f.build_with(inside) {
+            Err(UnpackError::Rejected { entry, reason, .. }) => {
+                assert_eq!(entry, bad);
+                assert!(reason.contains("leads outside the release"), "{reason}");
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+        f.assert_nothing_left();
+        // deploy-tools layers keep such links: a base layer may hold `etc/localtime ->
+        // /usr/share/zoneinfo/UTC`.
+        assert_eq!(
+            f.build_with(Policy::default()).unwrap(),
+            Outcome::Built,
+            "{bad}"
+        );
+    }
+}
+
+#[test]
 fn whiteouts_delete_earlier_layers() {
     let mut f = Fixture::new();
     f.layer(&[
