@@ -182,9 +182,9 @@ fn get(port: u16, path: &str) -> Option<String> {
 /// The port the admin API says it bound (the one asked for, or one of the 9 after it).
 fn admin_port(log: &str) -> u16 {
     let at = log
-        .find("Admin API started port=")
+        .find("Admin API started\" port=")
         .expect("admin API started")
-        + 23;
+        + 24;
     let digits: String = log[at..].chars().take_while(char::is_ascii_digit).collect();
     digits.parse().unwrap()
 }
@@ -634,7 +634,8 @@ fn poll_waits(log: &str) -> Vec<f64> {
     log.split("next poll in ")
         .skip(1)
         .filter_map(|rest| {
-            let d = rest.split_whitespace().next()?;
+            // The message is quoted (slog): `msg="next poll in 1.8s"`.
+            let d = rest.split_whitespace().next()?.trim_end_matches('"');
             match d.strip_suffix("ms") {
                 Some(ms) => ms.parse::<f64>().ok().map(|v| v / 1000.0),
                 None => d.strip_suffix('s')?.parse().ok(),

@@ -258,7 +258,7 @@ fn serves_the_first_release_and_updates_without_dropping_a_connection() {
 
     let log = server.log();
     assert_eq!(count(&log, "Create symlink"), 2, "{log}");
-    assert_eq!(count(&log, " ERROR "), 0, "{log}");
+    assert_eq!(count(&log, "level=ERROR"), 0, "{log}");
     // The workers' own output is the agent's stdout (Dewy's e2e greps it there).
     let out = server.out();
     assert!(

@@ -384,7 +384,7 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    crate::logging::init_leveled(
+    crate::logging::init_slog(
         &crate::logging::dewy_filter(&args.log_level),
         args.log_format == "json",
     );

@@ -1,5 +1,7 @@
-//! Logs on stderr: the original's `log` layout (`2006/01/02 15:04:05 message`) for the native
-//! flags, with the level shown for Dewy's command words (Dewy logs `level=INFO`), or JSON.
+//! Logs on stderr: the original's `log` layout (`2006/01/02 15:04:05 message`) or JSON for the
+//! native flags; Go `slog`'s text or JSON for Dewy's command words ([`slog`]).
+
+mod slog;
 
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
@@ -26,19 +28,8 @@ impl FormatTime for LstdTime {
 /// Installs the global subscriber. `filter` is an `EnvFilter` directive (an invalid one means
 /// `info`).
 pub fn init(filter: &str, json: bool) {
-    init_with(filter, json, false);
-}
-
-/// As [`init`], with the level of each line shown (Dewy's command words).
-pub fn init_leveled(filter: &str, json: bool) {
-    init_with(filter, json, true);
-}
-
-fn init_with(filter: &str, json: bool, level: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(env_filter(filter))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -46,10 +37,24 @@ fn init_with(filter: &str, json: bool, level: bool) {
         builder
             .with_timer(LstdTime)
             .with_target(false)
-            .with_level(level)
+            .with_level(false)
             .with_ansi(false)
             .init();
     }
+}
+
+/// As Dewy logs (its command words): slog's text or JSON.
+pub fn init_slog(filter: &str, json: bool) {
+    tracing_subscriber::fmt()
+        .with_env_filter(env_filter(filter))
+        .with_writer(std::io::stderr)
+        .event_format(slog::Slog { json })
+        .init();
+}
+
+fn env_filter(filter: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
 }
 
 /// Dewy's `--log-level` (already `debug|info|warn|error`) as a filter: our crates at that
