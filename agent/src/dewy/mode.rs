@@ -517,6 +517,16 @@ async fn run(args: DewyArgs) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+/// How long the old worker keeps running beside the new one, as server-starter reads it
+/// (spec 8.5): `KILL_OLD_DELAY` seconds, else 5 with `ENABLE_AUTO_RESTART` set, else 0.
+fn kill_old_delay(kill_old_delay: Option<&str>, auto_restart: Option<&str>) -> Duration {
+    match kill_old_delay.and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(secs) => Duration::from_secs(secs),
+        None if auto_restart.is_some_and(|v| !v.is_empty()) => Duration::from_secs(5),
+        None => Duration::ZERO,
+    }
+}
+
 /// `server` and `assets`: the release pipeline in the working directory.
 async fn release_mode(
     ctx: Arc<Context>,
@@ -526,11 +536,10 @@ async fn release_mode(
 ) -> anyhow::Result<bool> {
     use anyhow::Context as _;
     let supervisor = if ctx.command() == Command::Server {
-        let kill_old_delay = std::env::var("KILL_OLD_DELAY")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs)
-            .unwrap_or(Duration::ZERO);
+        let kill_old_delay = kill_old_delay(
+            std::env::var("KILL_OLD_DELAY").ok().as_deref(),
+            std::env::var("ENABLE_AUTO_RESTART").ok().as_deref(),
+        );
         let (command, args) = ctx
             .args
             .rest
@@ -650,4 +659,21 @@ fn lock_workdir(dir: &Path) -> anyhow::Result<std::os::fd::OwnedFd> {
         )
     })?;
     Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kill_old_delay_as_server_starter_reads_it() {
+        let secs = |k, a| kill_old_delay(k, a).as_secs();
+        assert_eq!(secs(None, None), 0);
+        assert_eq!(secs(Some("3"), None), 3);
+        assert_eq!(secs(Some(" 7 "), Some("1")), 7);
+        assert_eq!(secs(None, Some("1")), 5);
+        assert_eq!(secs(Some("soon"), Some("1")), 5);
+        assert_eq!(secs(Some("soon"), None), 0);
+        assert_eq!(secs(None, Some("")), 0);
+    }
 }
