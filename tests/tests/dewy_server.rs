@@ -323,6 +323,12 @@ fn a_release_failing_its_health_check_is_rolled_back_and_not_retried() {
     );
     // v1.1.0, v1.2.0, and v1.1.0 again.
     assert_eq!(count(&log, "Create symlink"), 3, "{log}");
+    // Dewy's `current` cache key names the release that runs again (a Dewy sharing the
+    // cache reads it).
+    assert_eq!(
+        fs::read_to_string(server.path().join(".dewy/cache/current")).unwrap(),
+        format!("v1.1.0--app_linux_{}.tar.gz", goarch())
+    );
 
     // Ticks go on (one a second) without trying v1.2.0 again: its worker started once.
     let (_, generation) = server.worker();

@@ -362,6 +362,7 @@ impl ReleaseAgent {
                 .context(format!("cannot save state file {:?}", self.opts.state)));
         }
         self.corrupt_reported = None;
+        let was_key = store::current_key(&self.dewy_dir);
         if let (Some(key), [hash]) = (&key, hashes.as_slice()) {
             store::write_keys(&self.cache, &self.dewy_dir, key, hash);
             if fetched_bytes > 0 {
@@ -369,7 +370,7 @@ impl ReleaseAgent {
             }
         }
         if self.lifecycle.is_some() {
-            self.activate(&release.tag, previous).await?;
+            self.activate(&release.tag, previous, was_key).await?;
         }
         if let Some(lc) = &self.lifecycle {
             lc.deployed(&release.tag, started.elapsed());
@@ -394,13 +395,14 @@ impl ReleaseAgent {
     }
 
     /// Dewy's steps after `current` moved: the after-deploy hook, then (server mode) the
-    /// worker restarted on the new release and health-checked; on a failed check, `current`
-    /// and the state go back to the previous release, whose worker is started again, and the
-    /// hooks run again around it.
+    /// worker restarted on the new release and health-checked; on a failed check, `current`,
+    /// the state and Dewy's `current` cache key go back to the previous release, whose worker
+    /// is started again, and the hooks run again around it.
     async fn activate(
         &mut self,
         tag: &str,
         previous: Option<(PathBuf, Configuration)>,
+        was_key: Option<Vec<u8>>,
     ) -> anyhow::Result<()> {
         let Some(lc) = &mut self.lifecycle else {
             return Ok(());
@@ -434,6 +436,7 @@ impl ReleaseAgent {
         tracing::info!(from = %self.opts.dir.join("current").display(), to = %old_root.display(), "Create symlink");
         state::save(&self.opts.state, &old_config)
             .with_context(|| format!("cannot save state file {:?}", self.opts.state))?;
+        store::restore_current_key(&self.dewy_dir, was_key.as_deref());
         lc.after_deploy().await;
         let old_tag = old_config
             .layers

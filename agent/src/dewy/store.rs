@@ -128,15 +128,39 @@ pub fn write_keys(cache: &Cache, dewy_dir: &Path, key: &str, hash: &str) {
         if !path.is_file() {
             link_or_copy(&cache.path(hash), &path)?;
         }
-        let current = dewy_dir.join(common::dewy::cachekey::CURRENT_KEY);
-        let tmp = dewy_dir.join(format!(".current.tmp-{:016x}", rand::random::<u64>()));
-        std::fs::write(&tmp, common::dewy::cachekey::current_value(key))?;
-        std::fs::rename(&tmp, &current)?;
-        Ok(())
+        write_current(dewy_dir, &common::dewy::cachekey::current_value(key))
     })();
     if let Err(e) = res {
         tracing::warn!(key, "cannot write the Dewy cache keys: {e:#}");
     }
+}
+
+/// What Dewy's `current` key holds, to put back if the deploy that replaces it is rolled back.
+pub fn current_key(dewy_dir: &Path) -> Option<Vec<u8>> {
+    std::fs::read(dewy_dir.join(common::dewy::cachekey::CURRENT_KEY)).ok()
+}
+
+/// Puts back what Dewy's `current` key held before a rolled-back deploy (none: removed), so a
+/// Dewy sharing the cache sees the release that runs.
+pub fn restore_current_key(dewy_dir: &Path, was: Option<&[u8]>) {
+    let res = match was {
+        Some(value) => write_current(dewy_dir, value),
+        None => match std::fs::remove_file(dewy_dir.join(common::dewy::cachekey::CURRENT_KEY)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        },
+    };
+    if let Err(e) = res {
+        tracing::warn!("cannot put back the Dewy cache key current: {e:#}");
+    }
+}
+
+fn write_current(dewy_dir: &Path, value: &[u8]) -> anyhow::Result<()> {
+    let current = dewy_dir.join(common::dewy::cachekey::CURRENT_KEY);
+    let tmp = dewy_dir.join(format!(".current.tmp-{:016x}", rand::random::<u64>()));
+    std::fs::write(&tmp, value)?;
+    std::fs::rename(&tmp, &current)?;
+    Ok(())
 }
 
 fn link_or_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
