@@ -53,11 +53,13 @@ impl Store {
 }
 
 /// A running `deploy-agent server ...` in a temp cwd; stdout (where the workers print) and
-/// stderr (the log) go to files. Stopped on drop.
+/// stderr (the log) go to files, appended across restarts. Stopped on drop.
 struct Server {
     dir: tempfile::TempDir,
     child: Child,
     port: u16,
+    /// Everything after `server`.
+    args: Vec<String>,
 }
 
 impl Server {
@@ -77,25 +79,28 @@ impl Server {
             .tempdir()
             .unwrap();
         let port = free_port();
-        let child = Command::new(bin("deploy-agent"))
-            .arg("server")
-            .args(["--registry", &store.registry(), "-i", "1"])
-            .args(["-p", &port.to_string(), "-l", "info"])
-            .args(extra)
-            .arg("--")
-            .args(command(dir.path()))
-            .current_dir(dir.path())
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env_remove("DEWY_CACHEDIR")
-            .env_remove("AWS_ENDPOINT_URL")
-            .env_remove("KILL_OLD_DELAY")
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(dir.path().join("agent.out")).unwrap())
-            .stderr(fs::File::create(dir.path().join("agent.log")).unwrap())
-            .spawn()
-            .unwrap();
-        Server { dir, child, port }
+        let mut args: Vec<String> = vec!["--registry".into(), store.registry()];
+        for a in ["-i", "1", "-p", &port.to_string(), "-l", "info"]
+            .into_iter()
+            .chain(extra.iter().copied())
+        {
+            args.push(a.to_string());
+        }
+        args.push("--".into());
+        args.extend(command(dir.path()));
+        let child = spawn(dir.path(), &args);
+        Server {
+            dir,
+            child,
+            port,
+            args,
+        }
+    }
+
+    /// Starts the agent again in the same directory (after it exited), as systemd does.
+    fn restart(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_some(), "still running");
+        self.child = spawn(self.dir.path(), &self.args);
     }
 
     fn path(&self) -> &Path {
@@ -165,6 +170,31 @@ impl Server {
     }
 }
 
+fn spawn(dir: &Path, args: &[String]) -> Child {
+    let append = |name: &str| {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(name))
+            .unwrap()
+    };
+    Command::new(bin("deploy-agent"))
+        .arg("server")
+        .args(args)
+        .current_dir(dir)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env_remove("DEWY_CACHEDIR")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("KILL_OLD_DELAY")
+        .env_remove("ENABLE_AUTO_RESTART")
+        .stdin(Stdio::null())
+        .stdout(append("agent.out"))
+        .stderr(append("agent.log"))
+        .spawn()
+        .unwrap()
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         // SIGTERM first so the agent stops its worker; SIGKILL if it hangs (the worker then
@@ -224,7 +254,8 @@ fn gone(pid: u32) -> bool {
 fn serves_the_first_release_and_updates_without_dropping_a_connection() {
     let store = Store::start();
     store.publish("v1.0.0", "1.0.0", false);
-    let mut server = Server::start(&store, &[]);
+    let admin = free_port();
+    let mut server = Server::start(&store, &["--telemetry", "--admin-port", &admin.to_string()]);
     server.serving("1.0.0");
     let first = server.current();
 
@@ -247,6 +278,14 @@ fn serves_the_first_release_and_updates_without_dropping_a_connection() {
         fs::read_to_string(server.path().join("current/VERSION")).unwrap(),
         "1.1.0"
     );
+
+    // The metrics Dewy's e2e checks in server mode: two deploys, one restart by a deploy.
+    server.wait_for("the second deploy's metrics", || {
+        get(admin, "/metrics").is_ok_and(|(_, m)| {
+            m.contains("dewy_deployments_total{command=\"server\"} 2")
+                && m.contains("dewy_server_restarts_total{reason=\"deploy\"} 1")
+        })
+    });
 
     // Dewy's audit record of each deploy names the mode.
     for tag in ["v1.0.0", "v1.1.0"] {
@@ -388,6 +427,27 @@ fn sighup_and_sigusr1_restart_the_worker_and_sigterm_stops_everything() {
         server
             .out()
             .contains("stopped version 1.0.0 generation 3\n"),
+        "{}",
+        server.both()
+    );
+
+    // Started again on the same directory (a systemd restart, the release unchanged): the
+    // worker runs the current release again, without a new deploy.
+    let current = server.current();
+    server.restart();
+    server.serving("1.0.0");
+    assert_eq!(server.current(), current);
+    assert_eq!(
+        count(&server.log(), "Create symlink"),
+        1,
+        "{}",
+        server.both()
+    );
+    assert_eq!(
+        fs::read_dir(server.path().join("releases"))
+            .unwrap()
+            .count(),
+        1,
         "{}",
         server.both()
     );
