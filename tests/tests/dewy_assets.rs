@@ -432,6 +432,20 @@ fn mail_notifications_tell_the_story_of_a_run() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // SIGUSR1 is announced in every mode (Dewy), also where there is no server to restart.
+    let pid = dewy.child.as_ref().unwrap().id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-USR1", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !bodies().iter().any(|b| b.contains("SIGUSR1")) {
+        assert!(Instant::now() < deadline, "no USR1 mail: {:?}", bodies());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(dewy.terminate().success());
     let deadline = Instant::now() + Duration::from_secs(30);
     while !bodies().iter().any(|b| b.contains("Stop receiving")) {
@@ -453,6 +467,7 @@ fn mail_notifications_tell_the_story_of_a_run() {
     assert_eq!(started["From"], "dewy@example.test");
     assert_eq!(started["To"], "ops@example.test");
     first("Downloaded artifact for `v1.0.0`");
+    first("Restarted receiving by `SIGUSR1` signal");
     first("Stop receiving by `terminated` signal");
     let hook = all
         .iter()
