@@ -35,6 +35,15 @@ pub fn rfc3339_secs(t: OffsetDateTime) -> String {
     s
 }
 
+/// slog's text handler time, RFC 3339 with milliseconds: `2026-11-22T07:26:24.249Z`.
+pub fn rfc3339_millis(t: OffsetDateTime) -> String {
+    let t = utc(t);
+    let mut s = String::with_capacity(24);
+    push_date_time(&mut s, t);
+    s.push_str(&format!(".{:03}Z", t.millisecond()));
+    s
+}
+
 /// Go's RFC3339Nano with trailing zeros of the fraction trimmed (and no `.` when it is 0):
 /// `2026-11-22T07:26:24.24956739Z`.
 pub fn rfc3339_nano(t: OffsetDateTime) -> String {
@@ -208,6 +217,20 @@ mod tests {
         assert_eq!(
             rfc3339_nano(datetime!(0001-01-01 00:00:00 UTC)),
             "0001-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn millis_keep_three_digits() {
+        let t = |s| rfc3339_millis(parse_rfc3339(s).unwrap());
+        assert_eq!(
+            t("2026-11-22T07:26:29.184481867Z"),
+            "2026-11-22T07:26:29.184Z"
+        );
+        assert_eq!(t("2026-11-22T07:26:19Z"), "2026-11-22T07:26:19.000Z");
+        assert_eq!(
+            t("2026-11-22T09:26:19.05+02:00"),
+            "2026-11-22T07:26:19.050Z"
         );
     }
 

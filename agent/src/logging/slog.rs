@@ -120,22 +120,11 @@ impl Visit for Fields {
     }
 }
 
-/// slog's text time: RFC 3339 with milliseconds.
-fn text_time(t: &common::timefmt::OffsetDateTime) -> String {
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
-}
-
 fn text_line(t: &common::timefmt::OffsetDateTime, level: &str, fields: &Fields) -> String {
-    let mut line = format!("time={} level={level} msg=", text_time(t));
+    let mut line = format!(
+        "time={} level={level} msg=",
+        common::timefmt::rfc3339_millis(*t)
+    );
     push_text(&mut line, &fields.msg);
     for (key, value) in &fields.attrs {
         line.push(' ');
