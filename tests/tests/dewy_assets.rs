@@ -258,6 +258,52 @@ fn a_release_with_a_link_leading_outside_is_refused_and_links_inside_are_kept() 
     assert!(dewy.terminate().success());
 }
 
+/// `--cache` with `registry-ttl`, as Dewy's e2e runs it: the first host asks the registry
+/// and fills the shared bucket, the second deploys from what the first shared.
+#[test]
+fn two_hosts_share_the_registry_result_and_the_artifact_through_cache() {
+    let (moto, registry) = store_with("v1.0.0", "one");
+    moto.bucket("fleet");
+    let cache = format!(
+        "s3://us-east-1/fleet/shared?endpoint={}&registry-ttl=1h",
+        moto.url()
+    );
+    let run = |dewy: &mut Dewy| {
+        dewy.start(&[
+            "assets",
+            "--registry",
+            &registry,
+            "--cache",
+            &cache,
+            "-i",
+            "1",
+            "-l",
+            "info",
+        ]);
+        dewy.wait_for("the deploy", |d| d.serves("VERSION", "one"));
+        assert!(dewy.terminate().success());
+        dewy.log()
+    };
+    let first = run(&mut Dewy::new());
+    assert!(
+        first.contains("Registry result refreshed from upstream"),
+        "{first}"
+    );
+    assert!(
+        first.contains("Artifact written to the shared cache"),
+        "{first}"
+    );
+    let listing = moto.list("fleet", "shared/registry-cache/");
+    assert!(listing.contains(".json</Key>"), "{listing}");
+
+    let second = run(&mut Dewy::new());
+    assert!(!second.contains("Registry result refreshed"), "{second}");
+    assert!(
+        second.contains("Artifact read from the shared cache"),
+        "{second}"
+    );
+}
+
 #[test]
 fn telemetry_serves_status_and_metrics() {
     let (_moto, registry) = store_with("v2.0.0", "metrics");
