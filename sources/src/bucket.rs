@@ -141,14 +141,14 @@ impl Choice<'_> {
         ArtifactKind::of(self.file_name())
     }
 
-    /// The release this choice makes: one layer, the artifact at `locator`, whose digest is
-    /// the one `checksums` (the bytes of [`Choice::checksum`]'s file, read by the caller's
-    /// store) states for it.
+    /// The release this choice makes: one layer, the artifact (at `locate(its key)`), whose
+    /// digest is the one `checksums` (the bytes of [`Choice::checksum`]'s file, read by the
+    /// caller's store) states for it.
     pub fn release(
         &self,
         chosen: &ChosenVersion,
         checksums: Option<&[u8]>,
-        locator: String,
+        locate: impl Fn(&str) -> String,
     ) -> Result<Release, SourceError> {
         let digest = match (&self.checksum, checksums) {
             (Some((_, name)), Some(bytes)) => {
@@ -166,7 +166,10 @@ impl Choice<'_> {
                 digest,
                 size: Some(self.artifact.size),
                 kind: LayerKind::Artifact(self.kind()),
-                locator,
+                locator: locate(&self.artifact.key),
+                checksum_url: digest
+                    .and(self.checksum.as_ref())
+                    .map(|(file, _)| locate(&file.key)),
             }],
         })
     }

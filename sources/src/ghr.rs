@@ -169,6 +169,8 @@ impl GhrSource {
                     "ghr://{}/{}/tag/{}/{}",
                     self.owner, self.repo, release.tag_name, asset.name
                 ),
+                // A GitHub registry result is not shared through the cache.
+                checksum_url: None,
             }],
         })
     }

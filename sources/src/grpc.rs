@@ -141,6 +141,7 @@ impl GrpcSource {
                 digest: None,
                 size: None,
                 locator: answer.artifact_url,
+                checksum_url: None,
             }],
         })
     }

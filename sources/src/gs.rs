@@ -83,8 +83,9 @@ impl GsSource {
             ),
             None => None,
         };
-        let locator = format!("gs://{}/{}", self.bucket, choice.artifact.key);
-        choice.release(&chosen, checksums.as_deref(), locator)
+        choice.release(&chosen, checksums.as_deref(), |key| {
+            format!("gs://{}/{key}", self.bucket)
+        })
     }
 
     /// The layer's bytes from `offset` on. The locator is a `gs://` artifact URL (any bucket:

@@ -66,6 +66,10 @@ pub struct Layer {
     pub kind: LayerKind,
     /// Source-specific locator (asset URL, object key, blob digest); opaque to the agent.
     pub locator: String,
+    /// The checksum file that `digest` came from, located as `locator` locates the layer
+    /// (s3/gs): Dewy shares it with the hosts that take the registry result from the shared
+    /// cache (`ChecksumURL`), so that they verify too.
+    pub checksum_url: Option<String>,
 }
 
 /// How a layer's bytes are laid out.
@@ -116,9 +120,52 @@ impl Source {
     /// has `registry-ttl`.
     pub async fn current(&self) -> Result<Release, SourceError> {
         match self.shared() {
-            Some(shared) => shared.current(|| self.upstream_current()).await,
+            Some(shared) => {
+                let mut release = shared.current(|| self.upstream_current()).await?;
+                self.read_checksums(&mut release).await?;
+                Ok(release)
+            }
             None => self.upstream_current().await,
         }
+    }
+
+    /// The digests of a release taken from the shared registry result, from the checksum
+    /// files it names (Dewy #491): every host verifies what it deploys, not only the one that
+    /// asked the registry. A checksum file that cannot be read or does not cover the artifact
+    /// fails the release, as it does for that host.
+    async fn read_checksums(&self, release: &mut Release) -> Result<(), SourceError> {
+        use tokio::io::AsyncReadExt;
+        for layer in &mut release.layers {
+            let (None, Some(url)) = (layer.digest, &layer.checksum_url) else {
+                continue;
+            };
+            let file = Layer {
+                name: cache::entry::basename(url).to_string(),
+                digest: None,
+                size: None,
+                kind: LayerKind::Artifact(ArtifactKind::Plain),
+                locator: url.clone(),
+                checksum_url: None,
+            };
+            let limit = bucket::MAX_CHECKSUM_FILE;
+            let mut bytes = Vec::new();
+            self.upstream_fetch(&file, 0)
+                .await?
+                .take(limit as u64 + 1)
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| SourceError::Transient {
+                    message: format!("{url}: {e}"),
+                    retry_after: None,
+                })?;
+            if bytes.len() > limit {
+                return Err(SourceError::Permanent(format!(
+                    "{url}: larger than {limit} bytes"
+                )));
+            }
+            layer.digest = Some(bucket::expected_digest(&layer.name, &file.name, &bytes)?);
+        }
+        Ok(())
     }
 
     /// The bytes of `layer`, starting at `offset` (to resume an interrupted download):

@@ -92,13 +92,14 @@ impl S3Source {
             ),
             None => None,
         };
-        let locator = locator(
-            &self.store.region,
-            &self.store.bucket,
-            &choice.artifact.key,
-            self.store.endpoint.url_option(),
-        );
-        choice.release(&chosen, checksums.as_deref(), locator)
+        choice.release(&chosen, checksums.as_deref(), |key| {
+            locator(
+                &self.store.region,
+                &self.store.bucket,
+                key,
+                self.store.endpoint.url_option(),
+            )
+        })
     }
 
     /// The layer's bytes from `offset` on (a ranged GET). The locator is an `s3://` artifact

@@ -104,6 +104,13 @@ async fn newest_version_artifact_pick_checksum_and_fetch() {
             moto.url()
         )
     );
+    assert_eq!(
+        layer.checksum_url,
+        Some(format!(
+            "s3://us-east-1/rel/app/1.10.0/checksums.txt?endpoint={}",
+            moto.url()
+        ))
+    );
     let age = time::OffsetDateTime::now_utc() - r.created_at.expect("LastModified");
     assert!(age.abs() < time::Duration::minutes(5), "{age}");
     assert_eq!(read_all(&s, layer, 0).await, amd);
@@ -125,6 +132,7 @@ async fn newest_version_artifact_pick_checksum_and_fetch() {
     assert_eq!(r.tag, "v2.0.0-rc.1");
     assert_eq!(r.layers[0].name, "app_v2.0.0-rc.1_linux_amd64.tar.gz");
     assert_eq!(r.layers[0].digest, None, "no checksum file published there");
+    assert_eq!(r.layers[0].checksum_url, None);
     assert_eq!(read_all(&s, &r.layers[0], 0).await, b"old");
 
     // Another platform's pick in the same directory.
@@ -266,6 +274,7 @@ async fn endpoint_from_env_and_failures() {
         size: None,
         kind: r.layers[0].kind,
         locator,
+        checksum_url: None,
     };
     let via_env = elsewhere("s3://us-east-1/other/x/y.tgz".into());
     assert_eq!(read_all(&s, &via_env, 0).await, b"elsewhere");

@@ -161,8 +161,9 @@ fn json(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes).unwrap()
 }
 
-/// Dewy's entry shape: Go field names, `locked_by` omitted, the zero `locked_at`.
-fn assert_dewy_shape(entry: &serde_json::Value, artifact_url: &str) {
+/// Dewy's entry shape: Go field names, `locked_by` omitted, the zero `locked_at`;
+/// `ChecksumURL` (Dewy #491) when the release publishes one.
+fn assert_dewy_shape(entry: &serde_json::Value, artifact_url: &str, checksum_url: Option<&str>) {
     let obj = entry.as_object().unwrap();
     let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     keys.sort();
@@ -171,7 +172,23 @@ fn assert_dewy_shape(entry: &serde_json::Value, artifact_url: &str) {
     let r = entry["response"].as_object().unwrap();
     let mut fields: Vec<&str> = r.keys().map(String::as_str).collect();
     fields.sort();
-    assert_eq!(fields, ["ArtifactURL", "CreatedAt", "ID", "Slot", "Tag"]);
+    match checksum_url {
+        Some(url) => {
+            assert_eq!(
+                fields,
+                [
+                    "ArtifactURL",
+                    "ChecksumURL",
+                    "CreatedAt",
+                    "ID",
+                    "Slot",
+                    "Tag"
+                ]
+            );
+            assert_eq!(r["ChecksumURL"], url);
+        }
+        None => assert_eq!(fields, ["ArtifactURL", "CreatedAt", "ID", "Slot", "Tag"]),
+    }
     assert_eq!(r["Tag"], "v1.0.0");
     assert_eq!(r["ArtifactURL"], artifact_url);
     assert_eq!(r["Slot"], "");
@@ -240,7 +257,11 @@ async fn s3_two_members_poll_and_download_once() {
         "s3://us-east-1/rel/app/v1.0.0/app_linux_amd64.tar.gz?endpoint={}",
         f.moto.url()
     );
-    assert_dewy_shape(&json(&entry), &artifact_url);
+    let checksum_url = format!(
+        "s3://us-east-1/rel/app/v1.0.0/checksums.txt?endpoint={}",
+        f.moto.url()
+    );
+    assert_dewy_shape(&json(&entry), &artifact_url, Some(&checksum_url));
 
     let rb = b.current().await.unwrap();
     assert_eq!(b.polls(), 0, "b answered from the shared entry");
@@ -271,7 +292,7 @@ async fn s3_two_members_poll_and_download_once() {
     a.current().await.unwrap();
     assert_eq!((a.polls(), b.polls()), (1, 1));
     let (refreshed, _) = f.moto.get("fleet", &f.entry).unwrap();
-    assert_dewy_shape(&json(&refreshed), &artifact_url);
+    assert_dewy_shape(&json(&refreshed), &artifact_url, Some(&checksum_url));
 }
 
 /// A second member that arrives while the first one's claim on a new entry is in progress
@@ -434,6 +455,43 @@ async fn s3_source_with_shared_cache() {
         .await
         .unwrap();
     assert_eq!(tail, &ARTIFACT[4..]);
+    assert_eq!(
+        r.layers[0].digest,
+        Some(Digest::of(ARTIFACT)),
+        "the checksum file the shared result names was read"
+    );
+
+    // The bucket's copy is replaced by other bytes: a host without its own staged copy,
+    // taking the shared result, knows the sha256 and refuses them (the registry has lost
+    // the artifact, so there is nothing to deploy).
+    f.moto
+        .put("fleet", &format!(".cache/t/{KEY}"), b"evil bytes");
+    let fresh = tempfile::tempdir().unwrap();
+    let shared = Shared::open(
+        &config::parse(&f.cache).unwrap(),
+        &f.registry,
+        fresh.path().to_path_buf(),
+        1 << 20,
+        &http(),
+        s3_env(),
+    )
+    .unwrap()
+    .unwrap();
+    let source = Source::S3(
+        sources::s3::S3Source::new(&url, &http(), s3_env())
+            .unwrap()
+            .with_platform(LINUX_AMD64)
+            .into(),
+    )
+    .with_shared_cache(shared);
+    let r = source.current().await.unwrap();
+    assert_eq!(r.layers[0].digest, Some(Digest::of(ARTIFACT)));
+    let mut out = Vec::new();
+    let read = match source.fetch(&r.layers[0], 0).await {
+        Ok(mut stream) => stream.read_to_end(&mut out).await.map(|_| ()),
+        Err(e) => Err(std::io::Error::other(e.to_string())),
+    };
+    assert!(read.is_err() && out != b"evil bytes", "{read:?} {out:?}");
 }
 
 fn gcs_media(gcs: &FakeGcs, bucket: &str, name: &str) -> Option<Vec<u8>> {
@@ -465,7 +523,11 @@ async fn gs_two_members_poll_and_download_once() {
     assert_eq!(a.polls() + b.polls(), 1, "one poll for both");
     assert_eq!(ra.layers[0].locator, rb.layers[0].locator);
     let doc = gcs_media(&gcs, "fleet", &entry).expect("entry written");
-    assert_dewy_shape(&json(&doc), "gs://rel/app/v1.0.0/app_linux_amd64.tar.gz");
+    assert_dewy_shape(
+        &json(&doc),
+        "gs://rel/app/v1.0.0/app_linux_amd64.tar.gz",
+        None,
+    );
     b.current().await.unwrap();
     a.current().await.unwrap();
     assert_eq!(a.polls() + b.polls(), 1);

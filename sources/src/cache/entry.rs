@@ -27,6 +27,15 @@ pub struct Response {
     pub created_at: Option<OffsetDateTime>,
     #[serde(rename = "Slot", default)]
     pub slot: String,
+    /// The checksum file of the artifact (Dewy #491, after 2.19): the hosts that take this
+    /// response verify against it as the one that asked the registry did. Left out when
+    /// empty, so an entry without it is 2.19's byte for byte.
+    #[serde(
+        rename = "ChecksumURL",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub checksum_url: String,
 }
 
 /// One `registry-cache/<hash>.json` object.
@@ -122,6 +131,7 @@ pub fn response_of(release: &Release, now: OffsetDateTime) -> Option<Response> {
             Layer {
                 kind: LayerKind::Artifact(_),
                 locator,
+                checksum_url,
                 ..
             },
         ] => Some(Response {
@@ -130,13 +140,14 @@ pub fn response_of(release: &Release, now: OffsetDateTime) -> Option<Response> {
             artifact_url: locator.clone(),
             created_at: release.created_at,
             slot: release.slot.clone(),
+            checksum_url: checksum_url.clone().unwrap_or_default(),
         }),
         _ => None,
     }
 }
 
-/// The release a shared response stands for. Its digest and size are unknown: only the member
-/// that asked the registry saw the checksum file.
+/// The release a shared response stands for. Its digest and size are unknown until the
+/// checksum file it names is read ([`crate::Source::current`] does).
 pub fn release_of(r: &Response) -> Release {
     let name = basename(&r.artifact_url).to_string();
     Release {
@@ -149,6 +160,7 @@ pub fn release_of(r: &Response) -> Release {
             digest: None,
             size: None,
             locator: r.artifact_url.clone(),
+            checksum_url: (!r.checksum_url.is_empty()).then(|| r.checksum_url.clone()),
         }],
     }
 }
@@ -212,6 +224,7 @@ mod tests {
                 artifact_url: "s3://r/b/v1.2.3/app_linux_amd64.tar.gz".into(),
                 created_at: None,
                 slot: String::new(),
+                checksum_url: String::new(),
             }),
             fetched_at: datetime!(2026-11-22 10:00:00.5 UTC),
             locked_at: zero(),
@@ -237,6 +250,22 @@ mod tests {
         let r = e.response.unwrap();
         assert_eq!(r.created_at, Some(datetime!(2026-11-22 10:00:00.123 UTC)));
         assert_eq!(e.fetched_at, datetime!(2026-11-22 10:00 UTC));
+        assert_eq!(r.checksum_url, "");
+        // Dewy after #491 names the checksum file; Go writes the field even when empty.
+        let go = br#"{"response":{"ID":"x","Tag":"v1","ArtifactURL":"gs://b/v1/a.zip","CreatedAt":null,"Slot":"","ChecksumURL":"gs://b/v1/checksums.txt"},"fetched_at":"2026-11-22T19:00:00+09:00","locked_at":"0001-01-01T00:00:00Z"}"#;
+        let r = Entry::from_json(go).unwrap().response.unwrap();
+        assert_eq!(r.checksum_url, "gs://b/v1/checksums.txt");
+        assert!(
+            String::from_utf8(
+                Entry {
+                    response: Some(r),
+                    ..Entry::default()
+                }
+                .to_json()
+            )
+            .unwrap()
+            .contains(r#","ChecksumURL":"gs://b/v1/checksums.txt"}"#)
+        );
         assert!(Entry::from_json(b"{\"fetched_at\":\"yesterday\"}").is_err());
         assert!(Entry::from_json(b"not json").is_err());
         assert!(Entry::from_json(b"[]").is_err());
@@ -278,6 +307,7 @@ mod tests {
                 size: Some(1),
                 kind: LayerKind::Artifact(ArtifactKind::TarGz),
                 locator: "s3://r/b/v1.0.0+blue/app_linux_amd64.tar.gz?endpoint=http://h:1".into(),
+                checksum_url: Some("s3://r/b/v1.0.0+blue/checksums.txt?endpoint=http://h:1".into()),
             }],
         }
     }

@@ -238,6 +238,7 @@ pub fn layers(config: &Descriptor, layers: &[Descriptor]) -> Result<Vec<Layer>, 
                 size: Some(size),
                 kind: LayerKind::ImageLayer,
                 locator: d.digest.clone(),
+                checksum_url: None,
             })
         })
         .collect()
