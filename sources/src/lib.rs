@@ -122,7 +122,7 @@ impl Source {
         match self.shared() {
             Some(shared) => {
                 let mut release = shared.current(|| self.upstream_current()).await?;
-                self.read_checksums(&mut release).await?;
+                self.read_checksums(shared, &mut release).await?;
                 Ok(release)
             }
             None => self.upstream_current().await,
@@ -133,12 +133,20 @@ impl Source {
     /// files it names (Dewy #491): every host verifies what it deploys, not only the one that
     /// asked the registry. A checksum file that cannot be read or does not cover the artifact
     /// fails the release, as it does for that host.
-    async fn read_checksums(&self, release: &mut Release) -> Result<(), SourceError> {
+    async fn read_checksums(
+        &self,
+        shared: &cache::Shared,
+        release: &mut Release,
+    ) -> Result<(), SourceError> {
         use tokio::io::AsyncReadExt;
         for layer in &mut release.layers {
             let (None, Some(url)) = (layer.digest, &layer.checksum_url) else {
                 continue;
             };
+            if let Some(known) = shared.known_digest(url, &layer.name) {
+                layer.digest = Some(known);
+                continue;
+            }
             let file = Layer {
                 name: cache::entry::basename(url).to_string(),
                 digest: None,
@@ -163,7 +171,9 @@ impl Source {
                     "{url}: larger than {limit} bytes"
                 )));
             }
-            layer.digest = Some(bucket::expected_digest(&layer.name, &file.name, &bytes)?);
+            let digest = bucket::expected_digest(&layer.name, &file.name, &bytes)?;
+            shared.remember_digest(url, &layer.name, digest);
+            layer.digest = Some(digest);
         }
         Ok(())
     }

@@ -460,6 +460,14 @@ async fn s3_source_with_shared_cache() {
         Some(Digest::of(ARTIFACT)),
         "the checksum file the shared result names was read"
     );
+    // Read once per release, not at every poll: gone from the registry now, still known.
+    f.moto.curl(&[
+        "-X",
+        "DELETE",
+        &format!("{}/rel/app/v1.0.0/checksums.txt", f.moto.url()),
+    ]);
+    let again = source.current().await.unwrap();
+    assert_eq!(again.layers[0].digest, Some(Digest::of(ARTIFACT)));
 
     // The bucket's copy is replaced by other bytes: a host without its own staged copy,
     // taking the shared result, knows the sha256 and refuses them (the registry has lost
@@ -484,6 +492,7 @@ async fn s3_source_with_shared_cache() {
             .into(),
     )
     .with_shared_cache(shared);
+    f.moto.put("rel", "app/v1.0.0/checksums.txt", &checksums());
     let r = source.current().await.unwrap();
     assert_eq!(r.layers[0].digest, Some(Digest::of(ARTIFACT)));
     let mut out = Vec::new();

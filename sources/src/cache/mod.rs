@@ -56,6 +56,11 @@ pub struct Shared {
     registry: Option<RegistryCache>,
     /// Artifact URL → cache key, for the releases [`Shared::current`] returned.
     keys: Mutex<HashMap<String, String>>,
+    /// (checksum file URL, artifact) → the digest read from it for a shared answer: read once
+    /// per release, not at every poll (the shared answer is there to spare the registry).
+    /// A file republished with other sums is not seen until a restart; the new artifact is
+    /// then refused, never taken unverified.
+    digests: Mutex<HashMap<(String, String), Digest>>,
 }
 
 impl Shared {
@@ -117,6 +122,7 @@ impl Shared {
             max_bytes,
             registry,
             keys: Mutex::new(HashMap::new()),
+            digests: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -157,6 +163,22 @@ impl Shared {
             }
         }
         Ok(release)
+    }
+
+    /// The digest read earlier from checksum file `url` for `artifact`.
+    pub fn known_digest(&self, url: &str, artifact: &str) -> Option<Digest> {
+        let digests = self.digests.lock().unwrap_or_else(|p| p.into_inner());
+        digests
+            .get(&(url.to_string(), artifact.to_string()))
+            .copied()
+    }
+
+    pub fn remember_digest(&self, url: &str, artifact: &str, digest: Digest) {
+        let mut digests = self.digests.lock().unwrap_or_else(|p| p.into_inner());
+        if digests.len() > 64 {
+            digests.clear();
+        }
+        digests.insert((url.to_string(), artifact.to_string()), digest);
     }
 
     /// The bytes of `layer` from `offset` on: staging, bucket, then `upstream`.
