@@ -78,7 +78,14 @@ impl Server {
             .prefix("e2e-dewy-server")
             .tempdir()
             .unwrap();
-        let port = free_port();
+        // Not a port the caller picked for something else (`--admin-port`): two free_port()
+        // calls may answer the same port.
+        let port = loop {
+            let p = free_port();
+            if !extra.contains(&p.to_string().as_str()) {
+                break p;
+            }
+        };
         let mut args: Vec<String> = vec!["--registry".into(), store.registry()];
         for a in ["-i", "1", "-p", &port.to_string(), "-l", "info"]
             .into_iter()
