@@ -402,6 +402,28 @@ async fn s3_poisoned_bucket_is_not_deployed() {
     assert_eq!(b.staged(KEY), None);
 }
 
+/// The fleet's S3 source behind its shared cache, staging in `staging`.
+fn shared_source(f: &S3Fleet, staging: &std::path::Path) -> Source {
+    let shared = Shared::open(
+        &config::parse(&f.cache).unwrap(),
+        &f.registry,
+        staging.to_path_buf(),
+        1 << 20,
+        &http(),
+        s3_env(),
+    )
+    .unwrap()
+    .unwrap();
+    let url = RegistryUrl::parse(&f.registry).unwrap();
+    Source::S3(
+        sources::s3::S3Source::new(&url, &http(), s3_env())
+            .unwrap()
+            .with_platform(LINUX_AMD64)
+            .into(),
+    )
+    .with_shared_cache(shared)
+}
+
 /// The whole `Source`: `with_shared_cache` routes `current` and `fetch` through the cache.
 #[tokio::test]
 async fn s3_source_with_shared_cache() {
@@ -416,25 +438,8 @@ async fn s3_source_with_shared_cache() {
         "DELETE",
         &format!("{}/rel/app/v1.0.0/app_linux_amd64.tar.gz", f.moto.url()),
     ]);
-    let url = RegistryUrl::parse(&f.registry).unwrap();
     let staging = tempfile::tempdir().unwrap();
-    let shared = Shared::open(
-        &config::parse(&f.cache).unwrap(),
-        &f.registry,
-        staging.path().to_path_buf(),
-        1 << 20,
-        &http(),
-        s3_env(),
-    )
-    .unwrap()
-    .unwrap();
-    let source = Source::S3(
-        sources::s3::S3Source::new(&url, &http(), s3_env())
-            .unwrap()
-            .with_platform(LINUX_AMD64)
-            .into(),
-    )
-    .with_shared_cache(shared);
+    let source = shared_source(&f, staging.path());
     let r = source.current().await.unwrap();
     let mut out = Vec::new();
     source
@@ -475,23 +480,7 @@ async fn s3_source_with_shared_cache() {
     f.moto
         .put("fleet", &format!(".cache/t/{KEY}"), b"evil bytes");
     let fresh = tempfile::tempdir().unwrap();
-    let shared = Shared::open(
-        &config::parse(&f.cache).unwrap(),
-        &f.registry,
-        fresh.path().to_path_buf(),
-        1 << 20,
-        &http(),
-        s3_env(),
-    )
-    .unwrap()
-    .unwrap();
-    let source = Source::S3(
-        sources::s3::S3Source::new(&url, &http(), s3_env())
-            .unwrap()
-            .with_platform(LINUX_AMD64)
-            .into(),
-    )
-    .with_shared_cache(shared);
+    let source = shared_source(&f, fresh.path());
     f.moto.put("rel", "app/v1.0.0/checksums.txt", &checksums());
     let r = source.current().await.unwrap();
     assert_eq!(r.layers[0].digest, Some(Digest::of(ARTIFACT)));
