@@ -247,6 +247,51 @@ fn upload_over_the_size_limit_is_refused() {
     add_version(&reg, "app", "v2", b"small enough");
 }
 
+/// The value of `key=` in a log line.
+fn field(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+}
+
+/// An upload from OpenSSH `sftp` (255 KiB writes, as `limits@openssh.com` allows) goes to disk
+/// with `O_DIRECT` from the buffers its data arrived in: every whole block direct, the last
+/// partial one through the page cache, and at most one block per write copied (the blocks
+/// that span two writes).
+#[test]
+fn a_put_is_written_direct_from_where_it_arrived() {
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = payload((8 << 20) + 1000, 11);
+    let f = write_temp(dir.path(), "layer", &data);
+    reg.sftp_op(&format!("put {f}\n")).assert_ok();
+    let log = reg.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("upload registered") && l.contains("direct_bytes="))
+        .unwrap_or_else(|| panic!("no upload registered line in\n{log}"));
+    let size = data.len() as u64;
+    assert_eq!(field(line, "size"), size);
+    let (direct, copied, buffered) = (
+        field(line, "direct_bytes"),
+        field(line, "copied_bytes"),
+        field(line, "buffered_bytes"),
+    );
+    if direct == 0 {
+        eprintln!("note: no O_DIRECT on the data directory's filesystem: {line}");
+        assert_eq!(buffered, size);
+        return;
+    }
+    assert_eq!(
+        (direct, buffered),
+        (size / 4096 * 4096, size % 4096),
+        "{line}"
+    );
+    let writes = size.div_ceil(261_120);
+    assert!(copied <= writes * 4096, "{line}");
+}
+
 /// Killing the client mid-transfer leaves the registry healthy.
 #[test]
 fn dropped_upload_leaves_the_registry_healthy() {

@@ -13,6 +13,7 @@
 
 pub mod operator;
 pub mod path;
+pub mod pool;
 pub mod server;
 pub mod service;
 pub mod stream;

@@ -19,7 +19,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::stream::QueueReader;
 
-const SSH_FXP_WRITE: u8 = 6;
+pub(super) const SSH_FXP_WRITE: u8 = 6;
 
 /// A view's handler, with WRITE taking the data without a copy.
 pub trait View: Handler<Error = StatusReply> + Send {

@@ -204,7 +204,7 @@ struct Inner {
     _lock: File,
 }
 
-pub use uploads::Upload;
+pub use uploads::{DIRECT_ALIGN, Upload};
 
 const DB_FILE: &str = "registry.sqlite3";
 const LOCK_FILE: &str = "registry.lock";

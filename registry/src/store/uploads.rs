@@ -32,7 +32,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest as _, Sha256};
 
 use super::{Ctx, Digest, Inner, Result, Store, StoreError, unix_nanos};
-pub use disk::Written;
+pub use disk::{DIRECT_ALIGN, Written};
 
 const PREFIX: &str = "upload-";
 /// An upload checks the disk's free space against `-minfree` every so many bytes (and at open):
@@ -193,8 +193,8 @@ impl Upload {
         let written = match self.disk.take() {
             Some(disk) => disk.close()?,
             None => Written {
-                direct: 0,
                 buffered: self.inline_bytes,
+                ..Written::default()
             },
         };
         let (digest, size) = if self.in_order && self.hashed == self.size {
@@ -246,6 +246,7 @@ impl Upload {
             %hash,
             size,
             direct_bytes = written.direct,
+            copied_bytes = written.copied,
             buffered_bytes = written.buffered,
             "upload registered"
         );
