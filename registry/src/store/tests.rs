@@ -310,8 +310,20 @@ fn newest_upload_of_same_content_wins() {
     assert_eq!(upload(&store, b"same"), h);
     let second = store.pending_upload(&h).unwrap();
     assert_ne!(first, second);
-    assert!(!first.exists(), "older duplicate removed");
     assert!(second.exists());
+    // The older file goes after CLOSE was answered: wait for it.
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    while first.exists() {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "older duplicate never removed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let left = std::fs::read_dir(tmp.path().join("uploads"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 1);
 }
 
 #[test]

@@ -237,9 +237,11 @@ impl Upload {
         };
         self.registered = true;
         // The newest upload of a content wins; the older file is now unreferenced. Removed
-        // after the commit: a crash in between leaves a stray file that expiry deletes.
+        // after the commit (a crash in between leaves a stray file that expiry deletes), and
+        // off CLOSE's path: unlinking a 1 GiB file takes ~150 ms here, and its failure must
+        // not fail an upload that is registered.
         if let Some(old) = replaced.filter(|old| *old != self.name) {
-            remove_if_exists(&self.inner.uploads.join(old))?;
+            remove_in_background(self.inner.uploads.join(old));
         }
         tracing::info!(
             upload = %self.name,
@@ -362,6 +364,23 @@ pub(super) fn hash_reader(r: &mut impl Read) -> io::Result<(Digest, u64)> {
 }
 
 /// Removes a file; a file already gone is fine.
+/// Removes `path` on a thread of its own (inline if none can be had), logging a failure.
+fn remove_in_background(path: std::path::PathBuf) {
+    let remove = move || {
+        if let Err(err) = remove_if_exists(&path) {
+            tracing::warn!(cause = %err, "removing a replaced upload failed; expiry will");
+        }
+    };
+    let inline = remove.clone();
+    if std::thread::Builder::new()
+        .name("upload-unlink".into())
+        .spawn(remove)
+        .is_err()
+    {
+        inline();
+    }
+}
+
 pub(super) fn remove_if_exists(path: &std::path::Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
