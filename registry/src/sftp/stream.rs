@@ -15,10 +15,10 @@
 //! copy that cost ~15% of the registry's CPU on an upload); large buffers come from
 //! [`pool::PACKETS`]. The queue holds at most [`QUEUE_CAP`] bytes, and all queues together
 //! [`crate::server::TOTAL_INPUT_CAP`]; past that the reader waits for the SFTP loop to
-//! consume. Only request bytes count (a pooled buffer holds at most twice its packet), and
-//! requests other than WRITE are tens of bytes, so the cap is reached only by writes, whose
-//! replies are tiny and never wait for window: pausing then cannot close the cycle above (a
-//! client that breaks it on purpose: `server::Ended::Stuck`).
+//! consume. A queued packet counts as the memory its buffer holds (at most twice its bytes).
+//! Only requests count, and requests other than WRITE are tens of bytes, so the cap is reached
+//! only by writes, whose replies are tiny and never wait for window: pausing then cannot close
+//! the cycle above (a client that breaks it on purpose: `server::Ended::Stuck`).
 
 use std::io;
 use std::pin::Pin;
@@ -84,10 +84,11 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read_half, write_half) = tokio::io::split(stream);
-    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let (tx, rx) = mpsc::unbounded_channel::<Queued>();
     let budget = Budget {
         own: Arc::new(Semaphore::new(cap)),
         total,
+        cap,
     };
     let full = Arc::new(AtomicBool::new(false));
     let reader = tokio::spawn(drain(
@@ -101,7 +102,7 @@ where
         QueueReader {
             rx,
             current: Bytes::new(),
-            current_len: 0,
+            current_charge: 0,
             budget,
             full,
         },
@@ -116,7 +117,7 @@ where
 /// only for the rest of the current packet, so a packet fills one buffer of its own size.
 async fn drain<R: AsyncRead + Unpin>(
     mut read_half: R,
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::UnboundedSender<Queued>,
     budget: Budget,
     full: Arc<AtomicBool>,
     piece: usize,
@@ -165,11 +166,14 @@ async fn drain<R: AsyncRead + Unpin>(
                 None => return read_half,
             }
         }
+        // What the packet holds is charged, not just its bytes: a buffer's capacity is at most
+        // twice its packet (the room to place a WRITE, a pooled buffer), and the cap bounds
+        // memory. Never more than the semaphore holds.
+        let charge = buf.capacity().min(budget.cap);
         let mut buf = pool::PACKETS.freeze(buf);
         buf.advance(skip);
         if !buf.is_empty() {
-            // `buf.len() <= piece <= cap`: never more than the semaphore holds.
-            let permits = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+            let permits = u32::try_from(charge).unwrap_or(u32::MAX);
             if !budget.try_take(permits) {
                 full.store(true, Ordering::Relaxed);
                 let acquired = tokio::select! {
@@ -181,8 +185,8 @@ async fn drain<R: AsyncRead + Unpin>(
                     return read_half;
                 }
             }
-            if let Err(unsent) = tx.send(buf) {
-                budget.give(unsent.0.len());
+            if tx.send((buf, charge)).is_err() {
+                budget.give(charge);
                 return read_half;
             }
         }
@@ -198,7 +202,7 @@ async fn drain<R: AsyncRead + Unpin>(
 async fn read_full<R: AsyncRead + Unpin>(
     read_half: &mut R,
     dst: &mut [u8],
-    tx: &mpsc::UnboundedSender<Bytes>,
+    tx: &mpsc::UnboundedSender<Queued>,
 ) -> Option<usize> {
     let mut got = 0;
     while got < dst.len() {
@@ -217,7 +221,7 @@ async fn read_head<R: AsyncRead + Unpin>(
     read_half: &mut R,
     head: &mut [u8; WRITE_HEAD_MAX],
     total: usize,
-    tx: &mpsc::UnboundedSender<Bytes>,
+    tx: &mpsc::UnboundedSender<Queued>,
 ) -> Option<(usize, bool)> {
     let n = read_full(read_half, &mut head[..WRITE_FIXED], tx).await?;
     let Some(end) = write_head_len(&head[..n], total) else {
@@ -254,7 +258,7 @@ fn write_offset(head: &[u8]) -> Option<u64> {
 async fn read_some<R: AsyncRead + Unpin>(
     read_half: &mut R,
     dst: &mut impl BufMut,
-    tx: &mpsc::UnboundedSender<Bytes>,
+    tx: &mpsc::UnboundedSender<Queued>,
 ) -> Option<usize> {
     tokio::select! {
         r = read_half.read_buf(dst) => Some(r.unwrap_or_else(|err| {
@@ -265,11 +269,16 @@ async fn read_some<R: AsyncRead + Unpin>(
     }
 }
 
+/// A queued piece and the room it was charged.
+type Queued = (Bytes, usize);
+
 /// Room for queued bytes, one permit per byte: the session's own and the one all share.
 #[derive(Clone)]
 struct Budget {
     own: Arc<Semaphore>,
     total: Arc<Semaphore>,
+    /// The permits of `own`: no piece is charged more.
+    cap: usize,
 }
 
 impl Budget {
@@ -310,10 +319,11 @@ impl Budget {
 /// reached EOF (or failed) and the queue is empty. Reading never fails: a broken channel is
 /// just its end.
 pub struct QueueReader {
-    rx: mpsc::UnboundedReceiver<Bytes>,
+    rx: mpsc::UnboundedReceiver<Queued>,
     current: Bytes,
-    /// Length of `current` when it was queued: what to give back to `budget` once it is used.
-    current_len: usize,
+    /// The room `current` was charged when it was queued: given back to `budget` once it is
+    /// used.
+    current_charge: usize,
     budget: Budget,
     /// Set while the reader task waits for room: the peer has sent more than the cap holds.
     full: Arc<AtomicBool>,
@@ -375,8 +385,8 @@ impl QueueReader {
     async fn fill(&mut self) -> bool {
         while self.current.is_empty() {
             match self.rx.recv().await {
-                Some(chunk) => {
-                    self.current_len = chunk.len();
+                Some((chunk, charge)) => {
+                    self.current_charge = charge;
                     self.current = chunk;
                 }
                 None => return false,
@@ -386,9 +396,9 @@ impl QueueReader {
     }
 
     fn release_if_used(&mut self) {
-        if self.current.is_empty() && self.current_len > 0 {
-            self.budget.give(self.current_len);
-            self.current_len = 0;
+        if self.current.is_empty() && self.current_charge > 0 {
+            self.budget.give(self.current_charge);
+            self.current_charge = 0;
         }
     }
 }
@@ -397,12 +407,12 @@ impl QueueReader {
 /// session that ends with a full queue (a client cut off for not reading) must not keep it.
 impl Drop for QueueReader {
     fn drop(&mut self) {
-        self.budget.give(self.current_len);
+        self.budget.give(self.current_charge);
         // Closed first, so that the reader task's next send fails (and gives its room back
         // itself) instead of landing behind this loop.
         self.rx.close();
-        while let Ok(chunk) = self.rx.try_recv() {
-            self.budget.give(chunk.len());
+        while let Ok((_, charge)) = self.rx.try_recv() {
+            self.budget.give(charge);
         }
     }
 }
@@ -420,14 +430,14 @@ impl AsyncRead for QueueReader {
                 buf.put_slice(&this.current[..n]);
                 this.current.advance(n);
                 if this.current.is_empty() {
-                    this.budget.give(this.current_len);
-                    this.current_len = 0;
+                    this.budget.give(this.current_charge);
+                    this.current_charge = 0;
                 }
                 return Poll::Ready(Ok(()));
             }
             match ready!(this.rx.poll_recv(cx)) {
-                Some(chunk) => {
-                    this.current_len = chunk.len();
+                Some((chunk, charge)) => {
+                    this.current_charge = charge;
                     this.current = chunk;
                 }
                 None => return Poll::Ready(Ok(())),
@@ -687,5 +697,29 @@ mod tests {
         .await
         .expect("EOF ends the queue");
         assert!(end.unwrap().is_none());
+    }
+
+    /// A queued packet is charged the memory its buffer holds (here a WRITE with the room to
+    /// place its data), and all of it comes back once the packet is consumed.
+    #[tokio::test]
+    async fn a_packet_is_charged_what_its_buffer_holds() {
+        let total = Arc::new(Semaphore::new(1 << 20));
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (s, _reader) = decoupled_with_cap(server, 1 << 20, Arc::clone(&total));
+        let (mut input, _output) = s.into_inner();
+        let (_cr, mut cw) = tokio::io::split(client);
+        let write = russh_sftp::protocol::Packet::Write(russh_sftp::protocol::Write {
+            id: 1,
+            handle: "1".into(),
+            offset: 3,
+            data: vec![1u8; 5000],
+        });
+        let framed = Bytes::try_from(write).unwrap();
+        cw.write_all(&framed).await.unwrap();
+        let charged = framed.len() + DIRECT_ALIGN - 1;
+        wait_until(|| total.available_permits() == (1 << 20) - charged).await;
+        let packet = input.next_packet(crate::sftp::MAX_PACKET).await.unwrap();
+        assert_eq!(packet.unwrap(), framed[4..]);
+        assert_eq!(total.available_permits(), 1 << 20);
     }
 }
