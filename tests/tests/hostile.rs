@@ -347,6 +347,45 @@ fn deadline_zero_means_no_idle_limit() {
 #[test]
 fn client_that_never_reads_replies_is_cut() {
     let reg = Registry::start_with(&["-deadline", "2s", "-maxconn", "1"]);
+    // The harness's readiness probe (a bare TCP connect) holds the only slot until the
+    // registry has seen it go: a client that comes first is refused, and tries again.
+    let refusals = || reg.log().matches("too many connections").count();
+    let mut attempts = 0;
+    let (status, sent) = loop {
+        let refused_before = refusals();
+        let (status, sent) = never_read_replies(&reg);
+        attempts += 1;
+        if sent == 0 && refusals() > refused_before && attempts < 20 {
+            thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        break (status, sent);
+    };
+    assert!(
+        status.is_some(),
+        "a session that stopped reading replies is still open after 90 s ({sent} bytes of requests sent)\n{}",
+        reg.log()
+    );
+    assert!(
+        sent > 64 << 20,
+        "only {sent} bytes of requests were sent\n{}",
+        reg.log()
+    );
+    assert!(
+        reg.log().contains("stopped reading replies"),
+        "{}",
+        reg.log()
+    );
+    // The only -maxconn slot is free again.
+    e2e::wait_for("a new connection after the cut", 30, || {
+        reg.ssh("components").ok()
+    });
+}
+
+/// Runs `ssh -s sftp` as a service key, sending requests without reading a reply, until ssh
+/// ends (at most 90 s, then it is killed): its exit status (`None` if it was killed) and the
+/// bytes of requests it took.
+fn never_read_replies(reg: &Registry) -> (Option<std::process::ExitStatus>, usize) {
     let mut c = reg.ssh_cmd(&reg.keys.service);
     c.arg("-s").arg(reg.dest("deploy-agent")).arg("sftp");
     let mut ssh = c
@@ -389,20 +428,5 @@ fn client_that_never_reads_replies_is_cut() {
         let _ = ssh.kill();
         let _ = ssh.wait();
     }
-    let sent = writer.join().unwrap();
-    assert!(
-        status.is_some(),
-        "a session that stopped reading replies is still open after 90 s ({sent} bytes of requests sent)\n{}",
-        reg.log()
-    );
-    assert!(sent > 64 << 20, "only {sent} bytes of requests were sent");
-    assert!(
-        reg.log().contains("stopped reading replies"),
-        "{}",
-        reg.log()
-    );
-    // The only -maxconn slot is free again.
-    e2e::wait_for("a new connection after the cut", 30, || {
-        reg.ssh("components").ok()
-    });
+    (status, writer.join().unwrap())
 }
