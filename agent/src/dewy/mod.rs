@@ -362,7 +362,11 @@ impl ReleaseAgent {
                 .context(format!("cannot save state file {:?}", self.opts.state)));
         }
         self.corrupt_reported = None;
-        let was_key = store::current_key(&self.dewy_dir);
+        // Only Dewy's command words roll back (`activate`): the key is read for them alone.
+        let was_key = self
+            .lifecycle
+            .as_ref()
+            .and_then(|_| store::current_key(&self.dewy_dir));
         if let (Some(key), [hash]) = (&key, hashes.as_slice()) {
             store::write_keys(&self.cache, &self.dewy_dir, key, hash);
             if fetched_bytes > 0 {
